@@ -1,0 +1,203 @@
+"""The worker process: wait for a message, run a kernel on a mapped segment, reply.
+
+A worker owns nothing: it maps the segments a message names (data read-only,
+results read-write), keeps a bounded cache of those mappings, and exits when
+its socket reaches end-of-file or its host process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+import traceback
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import detectors
+from .. import layout as L
+from ..errors import DetectorError, ShmpoolError
+from . import wire
+from .segment import SHM_DIR, Segment, process_start
+
+MAPPINGS_KEPT = 32        # mapped segments cached per worker
+HOST_CHECK_SECONDS = 1.0  # how often an idle worker checks that its host lives
+SPIN_SECONDS = 300e-6    # poll for the next request this long before sleeping
+
+
+def recv_spinning(sock: socket.socket, poller, size: int, spin: float, wait_ms: int | None):
+    """Receive one packet from a non-blocking socket: spin briefly, then sleep.
+
+    A sleeping vCPU takes tens of microseconds to wake on a VM, more than a
+    small detect costs; a short spin keeps the receiving CPU awake through
+    back-to-back calls.  Returns None when wait_ms passes with nothing.
+    """
+    end = time.perf_counter() + spin
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            pass
+        if time.perf_counter() >= end:
+            break
+    while True:
+        if not poller.poll(wait_ms):
+            return None
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            continue
+
+
+class _Mappings:
+    """name -> mapped Segment, least recently used dropped first."""
+
+    def __init__(self):
+        self._maps: OrderedDict[tuple[str, int], tuple[Segment, int]] = OrderedDict()
+
+    def get(self, name: str, kind: int, verify: bool) -> Segment:
+        key = (name, kind)
+        hit = self._maps.get(key)
+        if hit is not None and verify:
+            try:
+                ino = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                ino = -1
+            if ino != hit[1]:          # unlinked, or a new segment under the old name
+                self.forget(name)
+                hit = None
+        if hit is not None:
+            self._maps.move_to_end(key)
+            return hit[0]
+        seg = Segment.attach(name, kind, writable=(kind == L.KIND_RESULT))
+        self._maps[key] = (seg, seg.ino)
+        while len(self._maps) > MAPPINGS_KEPT:
+            self._maps.popitem(last=False)[1][0].close()
+        return seg
+
+    def forget(self, name: str) -> None:
+        for kind in (L.KIND_DATA, L.KIND_RESULT):
+            hit = self._maps.pop((name, kind), None)
+            if hit is not None:
+                hit[0].close()
+
+
+class _Worker:
+    def __init__(self, sock: socket.socket, detector):
+        self.sock = sock
+        self.detector = detector          # None: the classic kernel
+        self.maps = _Mappings()
+        self.pending: np.ndarray | None = None
+
+    def data(self, req: wire.Req) -> np.ndarray:
+        seg = self.maps.get(req.data_name, L.KIND_DATA, bool(req.flags & wire.VERIFY))
+        valid = min(seg.count, seg.capacity)   # re-read: the host sets it per call
+        if req.start + req.count > valid:
+            err = ShmpoolError(f"elements [{req.start}, {req.start + req.count}) are outside the "
+                               f"{valid} valid elements of segment {req.data_name!r}")
+            err.status = L.Status.OUT_OF_RANGE
+            raise err
+        return seg.region()[req.start:req.start + req.count]
+
+    def answer(self, req: wire.Req, idx: np.ndarray) -> wire.Rep:
+        out = self.maps.get(req.out_name, L.KIND_RESULT, bool(req.flags & wire.VERIFY))
+        room = out.capacity - req.out_off
+        n = len(idx)
+        if n > room:
+            self.pending = idx
+            if req.out_off == 0:
+                out.set_result(L.Status.TOO_SMALL, 0, n)
+            return wire.Rep(L.Status.OK, 0, n, fits=0)
+        out.region()[req.out_off:req.out_off + n] = idx
+        if req.out_off == 0:
+            out.set_result(L.Status.OK, n, n)
+        self.pending = None
+        return wire.Rep(L.Status.OK, n, n)
+
+    def handle(self, req: wire.Req) -> wire.Rep | None:
+        policy = wire.POLICY_NAMES[req.policy]
+        if req.op == wire.FORGET:
+            self.maps.forget(req.data_name)
+            self.maps.forget(req.out_name)
+            return None
+        if req.op == wire.WRITE:
+            idx, self.pending = self.pending, None
+            if idx is None:
+                raise ShmpoolError("WRITE without a kept answer")
+            return self.answer(req, idx)
+        self.pending = None
+        x = self.data(req)
+        if req.op == wire.STATS:
+            s = detectors.chunk_stats(x, policy)
+            return wire.Rep(L.Status.OK, n=s.n, nonfinite=s.nonfinite,
+                            first_nonfinite=s.first_nonfinite, mean=s.mean, m2=s.m2)
+        if req.op == wire.THRESH:
+            return self.answer(req, detectors.chunk_threshold(x, req.mean, req.cut, req.base, policy))
+        if req.op == wire.DETECT:
+            if self.detector is None:
+                idx = detectors.classic(x, req.threshold, policy)
+            else:
+                idx = detectors.check_indices(self.detector(x, req.threshold), len(x))
+            return self.answer(req, idx)
+        raise ShmpoolError(f"unknown op {req.op}")
+
+    def serve(self, host: tuple[int, int]) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while True:
+            try:
+                msg = recv_spinning(sock, poller, wire.REQ_SIZE, SPIN_SECONDS,
+                                    int(HOST_CHECK_SECONDS * 1000))
+            except OSError:
+                return
+            if msg is None:
+                if process_start(host[0]) != host[1]:
+                    return                      # the host died without closing us
+                continue
+            if not msg:
+                return                          # end-of-file: the host is done with us
+            try:
+                rep = self.handle(wire.unpack_req(msg))
+            except Exception as e:  # noqa: BLE001 - every failure becomes a reply
+                self.pending = None
+                rep = error_rep(e)
+            if rep is not None:
+                try:
+                    sock.sendall(wire.pack_rep(rep))
+                except OSError:
+                    return
+
+
+def error_rep(e: BaseException) -> wire.Rep:
+    if isinstance(e, DetectorError):          # raised by shmpool on the detector's behalf
+        return wire.Rep(e.status, error_type=e.remote_type or type(e).__name__,
+                        message=str(e.args[0]) if e.args else "", traceback=e.remote_traceback)
+    if isinstance(e, ShmpoolError):
+        return wire.Rep(e.status, error_type=type(e).__name__, message=str(e))
+    return wire.Rep(L.Status.DETECTOR_ERROR, error_type=type(e).__name__, message=str(e),
+                    traceback=traceback.format_exc())
+
+
+def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[int]) -> None:
+    """Entry point of a worker process (any start method)."""
+    for fd in close_fds:       # fork: the host's ends of every socket, or EOF never comes
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the host's to handle
+    np.seterr(all="ignore")    # overflow is reported by value (NonFiniteError), not as noise
+    try:
+        detector = None if spec == detectors.CLASSIC else detectors.load(spec)
+    except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
+        sock.sendall(wire.pack_rep(wire.Rep(L.Status.DETECTOR_ERROR, error_type=type(e).__name__,
+                                            message=f"cannot load detector {spec!r}: {e}",
+                                            traceback=traceback.format_exc())))
+        return
+    sock.sendall(wire.pack_rep(wire.Rep(L.Status.OK)))      # ready
+    _Worker(sock, detector).serve(host)

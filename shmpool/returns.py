@@ -1,0 +1,85 @@
+"""ReturnSegment: a result segment whose lifecycle the caller manages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import layout as L
+from ._backend.segment import Segment
+
+
+class ReturnSegment:
+    """A shared-memory segment that workers write int64 indices into.
+
+    Create one, pass it as ``pool.detect(x, out=seg)`` as often as you like,
+    then ``close()`` (unmap) and ``unlink()`` (remove the name) when you say
+    so, or use it as a context manager, which does both.  ``indices`` is a
+    read-only view of the last answer; views stay valid after close().
+    """
+
+    _seg: Segment | None = None
+
+    def __init__(self, capacity: int):
+        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
+            raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
+        self._seg = Segment.create(int(capacity), L.KIND_RESULT)
+
+    @classmethod
+    def attach(cls, name: str) -> "ReturnSegment":
+        """Map another process's result segment (same user) by name, read-write."""
+        self = cls.__new__(cls)
+        self._seg = Segment.attach(name, L.KIND_RESULT, writable=True)
+        return self
+
+    @property
+    def name(self) -> str:
+        return self._seg.name
+
+    @property
+    def capacity(self) -> int:
+        return self._seg.capacity
+
+    @property
+    def count(self) -> int:
+        """Indices written by the last call."""
+        return self._seg.count
+
+    @property
+    def status(self) -> int:
+        """Status code of the last call (shmpool.layout.Status)."""
+        return self._seg.header().status
+
+    @property
+    def needed(self) -> int:
+        """Indices the last answer had (more than capacity when it did not fit)."""
+        return self._seg.header().needed
+
+    @property
+    def indices(self) -> np.ndarray:
+        view = self._seg.new_view()[:self.count]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is None or self._seg.closed
+
+    def close(self) -> None:
+        if self._seg is not None:
+            self._seg.close()
+
+    def unlink(self) -> None:
+        if self._seg is not None:
+            self._seg.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        self.unlink()
+
+    def __repr__(self):
+        if self.closed:
+            return "<ReturnSegment closed>"
+        return f"<ReturnSegment {self.name} capacity={self.capacity} count={self.count}>"

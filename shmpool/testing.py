@@ -1,0 +1,65 @@
+"""Detectors that misbehave on purpose, for shmpool's own tests and for
+trying a deployment's error paths (``--detector shmpool.testing:...``)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import numpy as np
+
+from .detectors import classic
+
+
+def fail_on_negative(x, threshold=2.0):
+    """The classic detector, but a ValueError when any value is negative."""
+    if x.size and x.min() < 0:
+        raise ValueError(f"negative value {float(x.min())!r} at index {int(np.argmin(x))}")
+    return classic(x, threshold, "propagate")
+
+
+def above(x, threshold=2.0):
+    """Indices whose value exceeds threshold: a custom detector with a
+    known answer."""
+    return np.flatnonzero(x > threshold)
+
+
+def write_into_input(x):
+    """Tries to modify its input, which workers map read-only."""
+    x[0] = 1.0
+    return np.empty(0, dtype=np.int64)
+
+
+def segfault(x):
+    """Dies of SIGSEGV, as a buggy C extension would."""
+    ctypes.string_at(0)
+
+
+def sigkill_self(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_now(x):
+    os._exit(3)
+
+
+def sleep_long(x):
+    time.sleep(60)
+    return np.empty(0, dtype=np.int64)
+
+
+def returns_2d(x):
+    return np.zeros((2, 2), dtype=np.int64)
+
+
+def returns_out_of_range(x):
+    return np.array([len(x)], dtype=np.int64)
+
+
+def allocate_forever(x):
+    """Allocates without bound (run it under an RLIMIT_AS)."""
+    hoard = []
+    while True:
+        hoard.append(np.ones(1 << 24))
