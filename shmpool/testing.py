@@ -63,3 +63,11 @@ def allocate_forever(x):
     hoard = []
     while True:
         hoard.append(np.ones(1 << 24))
+
+
+def slow_on_13(x, threshold=2.0):
+    """The classic detector, except that an input of 13 values takes 30 s
+    (long enough to kill or time out the worker mid-call)."""
+    if len(x) == 13:
+        time.sleep(30)
+    return classic(x, threshold, "raise")

@@ -21,9 +21,18 @@ def our_segments():
 
 
 def worker_children():
-    return [p for p in psutil.Process().children(recursive=True)
-            if "forkserver" not in " ".join(p.cmdline()) and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+    """Live descendants of this process other than multiprocessing's own
+    helpers (the forkserver and the resource tracker it starts)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+            if p.status() == psutil.STATUS_ZOMBIE or "forkserver" in cmd or "resource_tracker" in cmd:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        found.append(p)
+    return found
 
 
 @pytest.fixture(autouse=True)
