@@ -152,6 +152,7 @@ def from_status(status: int, error_type: str, message: str, traceback: str = "",
         err = cls(message, needed, capacity)
     else:
         err = cls(message)
+    err.status = status            # keep the exact code (BAD_NAME and BAD_HEADER share a class)
     if traceback:
         err.__cause__ = RemoteTraceback(traceback)
     return err

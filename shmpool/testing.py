@@ -71,3 +71,11 @@ def slow_on_13(x, threshold=2.0):
     if len(x) == 13:
         time.sleep(30)
     return classic(x, threshold, "raise")
+
+
+def troublemaker(x, threshold=2.0):
+    """The classic detector that raises ValueError on negative data and takes
+    30 s over exactly 13 values: one server exercises both failure paths."""
+    if len(x) == 13:
+        time.sleep(30)
+    return fail_on_negative(x, threshold)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import detectors
 from .. import layout as L
-from ..errors import DetectorError, ShmpoolError
+from ..errors import DetectorError, SegmentLayoutError, ShmpoolError
 from . import wire
 from .segment import SHM_DIR, Segment, process_start
 
@@ -96,7 +96,7 @@ class _Worker:
         seg = self.maps.get(req.data_name, L.KIND_DATA, bool(req.flags & wire.VERIFY))
         valid = min(seg.count, seg.capacity)   # re-read: the host sets it per call
         if req.start + req.count > valid:
-            err = ShmpoolError(f"elements [{req.start}, {req.start + req.count}) are outside the "
+            err = SegmentLayoutError(f"elements [{req.start}, {req.start + req.count}) are outside the "
                                f"{valid} valid elements of segment {req.data_name!r}")
             err.status = L.Status.OUT_OF_RANGE
             raise err
