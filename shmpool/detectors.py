@@ -7,9 +7,11 @@ in two read passes over 64K-element blocks that stay in cache:
 
     pass 1  chunk_stats      per block: sum -> block mean -> sum of squared
                              deviations; blocks merged with Chan's formula
+                             (fused in C beyond one block: shmpool/_kernel.c)
     combine combine/limits   merge the chunks' (n, mean, M2) exactly once and
                              derive the cut-off k * sqrt(M2 / n)
-    pass 2  chunk_threshold  per block: |x - mean| > cut-off -> indices
+    pass 2  flag_into        |x - mean| > cut-off -> indices, written straight
+                             into the result segment (C, one read of x)
 
 A pool splits a big array into chunks, runs pass 1 on each chunk in its own
 worker, combines on the host, then runs pass 2 per chunk.  One worker running
@@ -17,7 +19,8 @@ the whole array does the same three steps.  Both pools and every worker use
 these functions; there is no second copy of the arithmetic.
 
 Up to one block (65,536 values) the arithmetic is numpy's own, operation for
-operation, so the answer is bit-identical to ``reference``.  Beyond that the
+operation (pass 2 in shmpool/_kernel.c does the same subtract, fabs and
+compare), so the answer is bit-identical to ``reference``.  Beyond that the
 blocks' statistics are merged in another order than numpy's pairwise sum, so
 the two can differ only for values within a few ulps of the cut-off
 (``assert_matches_reference`` in the tests bounds that band).
@@ -32,6 +35,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from . import _kernel
 from .errors import DetectorError, NonFiniteError
 
 BLOCK = 1 << 16          # elements per block: 512 KiB, sits in L2
@@ -70,7 +74,11 @@ def merge(a: Stats, b: Stats, b_offset: int = 0) -> Stats:
 
 
 def chunk_stats(x: np.ndarray, nan_policy: str) -> Stats:
-    """Pass 1 over one chunk (a 1-D float64 array)."""
+    """Pass 1 over one chunk (a contiguous 1-D float64 array)."""
+    if len(x) > BLOCK:
+        fast = _kernel.chunk_stats(x)        # None when some value is NaN or inf
+        if fast is not None:
+            return Stats(*fast)
     acc = Stats()
     for i in range(0, len(x), BLOCK):
         b = x[i:i + BLOCK]
@@ -130,27 +138,26 @@ def limits(total: Stats, threshold: float, nan_policy: str) -> tuple[float, floa
     return total.mean, cut
 
 
+def flag_into(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str,
+              out: np.ndarray) -> int:
+    """Pass 2 over one chunk: write base + i for each |x[i] - mean| > cut into
+    *out* (int64) while it has room; return how many there are in all."""
+    return _kernel.chunk_threshold(x, mean, cut, base, out, nan_policy == "omit")
+
+
 def chunk_threshold(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str) -> np.ndarray:
-    """Pass 2 over one chunk: ascending indices (plus *base*) beyond the cut-off."""
-    parts = []
-    tmp = np.empty(min(BLOCK, len(x)))
-    for i in range(0, len(x), BLOCK):
-        b = x[i:i + BLOCK]
-        t = tmp[:len(b)]
-        np.subtract(b, mean, out=t)
-        np.abs(t, out=t)
-        idx = np.flatnonzero(t > cut)
-        if idx.size:
-            if nan_policy == "omit":
-                idx = idx[np.isfinite(b[idx])]   # inf is never reported
-            parts.append(idx + (base + i))
-    if not parts:
-        return np.empty(0, dtype=np.int64)
-    return np.concatenate(parts).astype(np.int64, copy=False)
+    """Pass 2 over one chunk, as a new ascending int64 array."""
+    out = np.empty(len(x) // 8 + 16, dtype=np.int64)
+    total = flag_into(x, mean, cut, base, nan_policy, out)
+    if total > len(out):
+        out = np.empty(total, dtype=np.int64)
+        flag_into(x, mean, cut, base, nan_policy, out)
+    return out[:total]
 
 
 def classic(x: np.ndarray, threshold: float = 2.0, nan_policy: str = "raise") -> np.ndarray:
     """The whole classic detector in this process (both passes)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
     lim = limits(chunk_stats(x, nan_policy), threshold, nan_policy)
     if lim is None:
         return np.empty(0, dtype=np.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -163,8 +164,8 @@ class Server:
                     msg = conn.recv(L.REQUEST_SIZE + 1)   # one more: an oversize packet shows
                 except OSError:
                     break
-                if not msg:
-                    break
+                if not msg and _hung_up(conn):
+                    break                               # end-of-file, not an empty packet
                 reply = self.handle(msg, names)
                 if not _send(conn, reply):
                     break
@@ -224,6 +225,13 @@ class Server:
                 pass
         self.pool.close(timeout=2.0)
         log.info("stopped")
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """After a zero-length read: did the peer close, or send an empty packet?"""
+    p = select.poll()
+    p.register(conn, select.POLLRDHUP | select.POLLHUP)
+    return bool(p.poll(0))
 
 
 def _send(conn: socket.socket, reply: L.Reply) -> bool:

@@ -297,3 +297,28 @@ def test_second_server_on_a_live_socket_is_refused(server):
     assert r.returncode == 2 and "already listening" in r.stderr
     with Client(server.path) as c:
         c.ping()
+
+
+def test_segments_are_checked_again_on_every_call(client, segs):
+    """A host may break a segment after the server has mapped it."""
+    data, out = segs(10_000), segs(10_000, L.KIND_RESULT)
+    assert client.detect_segments(data.name, 0, 10_000, out.name).status == L.Status.OK
+    data._mmap[0:4] = b"XXXX"                                   # scribbled header
+    assert client.detect_segments(data.name, 0, 10_000, out.name).status == L.Status.BAD_HEADER
+    data._mmap[0:4] = struct.pack("<I", L.SEGMENT_MAGIC)
+    assert client.detect_segments(data.name, 0, 10_000, out.name).status == L.Status.OK
+    os.truncate(f"/dev/shm/{data.name}", 64)                    # shrunk under the mapping
+    assert client.detect_segments(data.name, 5000, 1000, out.name).status == L.Status.BAD_HEADER
+    os.truncate(f"/dev/shm/{out.name}", 64)
+    fresh = segs(10_000)
+    assert client.detect_segments(fresh.name, 0, 10_000, out.name).status == L.Status.BAD_HEADER
+    out2 = segs(10_000, L.KIND_RESULT)
+    assert client.detect_segments(fresh.name, 0, 10_000, out2.name).status == L.Status.OK
+    os.chmod(f"/dev/shm/{fresh.name}", 0o640)                   # opened up after first use
+    assert client.detect_segments(fresh.name, 0, 10_000, out2.name).status == L.Status.NOT_PERMITTED
+
+
+def test_empty_packet_is_a_bad_message_not_a_hang_up(client):
+    r = client.send_raw(b"")
+    assert r.status == L.Status.BAD_MESSAGE
+    client.ping()

@@ -85,7 +85,7 @@ class Segment:
     capacity = 0
     size = 0
     writable = False
-    ino = -1
+    ident: tuple | None = None   # (inode, size, mode, uid) when attached
     _mmap: mmap.mmap | None = None
     _region: np.ndarray | None = None
     _created = False
@@ -155,7 +155,7 @@ class Segment:
         finally:
             os.close(fd)
         self.name, self.size, self.writable, self._mmap = name, st.st_size, writable, mm
-        self.ino = st.st_ino
+        self.ident = (st.st_ino, st.st_size, st.st_mode, st.st_uid)
         h = L.unpack_header(mm)
         why = L.check_header(h, kind, st.st_size)
         if why is not None:

@@ -56,24 +56,32 @@ class _Mappings:
     """name -> mapped Segment, least recently used dropped first."""
 
     def __init__(self):
-        self._maps: OrderedDict[tuple[str, int], tuple[Segment, int]] = OrderedDict()
+        self._maps: OrderedDict[tuple[str, int], tuple[Segment, tuple]] = OrderedDict()
 
     def get(self, name: str, kind: int, verify: bool) -> Segment:
+        """The mapped segment; with *verify* (segments of foreign hosts) the
+        file and header are checked again on every call, since their host
+        may recreate, shrink, chmod or scribble over them between calls."""
         key = (name, kind)
         hit = self._maps.get(key)
         if hit is not None and verify:
             try:
-                ino = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_ino
+                st = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False)
+                ident = (st.st_ino, st.st_size, st.st_mode, st.st_uid)
             except FileNotFoundError:
-                ino = -1
-            if ino != hit[1]:          # unlinked, or a new segment under the old name
-                self.forget(name)
+                ident = None
+            if ident != hit[1]:
+                self.forget(name)              # re-attach: every check runs again
                 hit = None
+            else:
+                why = L.check_header(hit[0].header(), kind, hit[0].size)
+                if why is not None:
+                    raise SegmentLayoutError(f"segment {name!r}: {why}")
         if hit is not None:
             self._maps.move_to_end(key)
             return hit[0]
         seg = Segment.attach(name, kind, writable=(kind == L.KIND_RESULT))
-        self._maps[key] = (seg, seg.ino)
+        self._maps[key] = (seg, seg.ident)
         while len(self._maps) > MAPPINGS_KEPT:
             self._maps.popitem(last=False)[1][0].close()
         return seg
@@ -102,16 +110,33 @@ class _Worker:
             raise err
         return seg.region()[req.start:req.start + req.count]
 
+    def out(self, req: wire.Req) -> Segment:
+        return self.maps.get(req.out_name, L.KIND_RESULT, bool(req.flags & wire.VERIFY))
+
     def answer(self, req: wire.Req, idx: np.ndarray) -> wire.Rep:
-        out = self.maps.get(req.out_name, L.KIND_RESULT, bool(req.flags & wire.VERIFY))
-        room = out.capacity - req.out_off
+        """Write a computed answer into the result segment, or keep it."""
+        out = self.out(req)
         n = len(idx)
-        if n > room:
-            self.pending = idx
-            if req.out_off == 0:
-                out.set_result(L.Status.TOO_SMALL, 0, n)
-            return wire.Rep(L.Status.OK, 0, n, fits=0)
+        if n > out.capacity - req.out_off:
+            return self.keep(req, out, idx)
         out.region()[req.out_off:req.out_off + n] = idx
+        return self.done(req, out, n)
+
+    def flag(self, req: wire.Req, x: np.ndarray, mean: float, cut: float, policy: str) -> wire.Rep:
+        """Pass 2 writing straight into the result segment."""
+        out = self.out(req)
+        n = detectors.flag_into(x, mean, cut, req.base, policy, out.region()[req.out_off:])
+        if n > out.capacity - req.out_off:
+            return self.keep(req, out, detectors.chunk_threshold(x, mean, cut, req.base, policy))
+        return self.done(req, out, n)
+
+    def keep(self, req: wire.Req, out: Segment, idx: np.ndarray) -> wire.Rep:
+        self.pending = idx
+        if req.out_off == 0:
+            out.set_result(L.Status.TOO_SMALL, 0, len(idx))
+        return wire.Rep(L.Status.OK, 0, len(idx), fits=0)
+
+    def done(self, req: wire.Req, out: Segment, n: int) -> wire.Rep:
         if req.out_off == 0:
             out.set_result(L.Status.OK, n, n)
         self.pending = None
@@ -135,13 +160,14 @@ class _Worker:
             return wire.Rep(L.Status.OK, n=s.n, nonfinite=s.nonfinite,
                             first_nonfinite=s.first_nonfinite, mean=s.mean, m2=s.m2)
         if req.op == wire.THRESH:
-            return self.answer(req, detectors.chunk_threshold(x, req.mean, req.cut, req.base, policy))
+            return self.flag(req, x, req.mean, req.cut, policy)
         if req.op == wire.DETECT:
-            if self.detector is None:
-                idx = detectors.classic(x, req.threshold, policy)
-            else:
-                idx = detectors.check_indices(self.detector(x, req.threshold), len(x))
-            return self.answer(req, idx)
+            if self.detector is not None:
+                return self.answer(req, detectors.check_indices(self.detector(x, req.threshold), len(x)))
+            lim = detectors.limits(detectors.chunk_stats(x, policy), req.threshold, policy)
+            if lim is None:
+                return self.answer(req, x[:0].astype(np.int64))
+            return self.flag(req, x, lim[0], lim[1], policy)
         raise ShmpoolError(f"unknown op {req.op}")
 
     def serve(self, host: tuple[int, int]) -> None:
