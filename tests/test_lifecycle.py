@@ -163,12 +163,16 @@ def test_reaper_spares_live_owners_and_foreign_names(tmp_path):
     with Segment.create(1, L.KIND_DATA) as mine:
         fake_dead = f"shmpool-{os.getpid()}-1-00112233aabbccdd"      # our pid, wrong start time
         other = "shmpool-not-an-owned-name"
+        a_dir = f"shmpool-{os.getpid()}-1-00112233aabbccee"          # owned-looking, not a file
         for name in (fake_dead, other):
             with open(f"/dev/shm/{name}", "wb"):
                 pass
+        os.mkdir(f"/dev/shm/{a_dir}")
         try:
             reaped = reap_orphans()
             assert fake_dead in reaped and other not in reaped and mine.name not in reaped
+            assert a_dir not in reaped and os.path.isdir(f"/dev/shm/{a_dir}")
             assert mine.name in os.listdir("/dev/shm")
         finally:
             os.unlink(f"/dev/shm/{other}")
+            os.rmdir(f"/dev/shm/{a_dir}")

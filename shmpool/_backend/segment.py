@@ -256,16 +256,17 @@ def reap_orphans() -> list[str]:
             if m is None:
                 continue
             try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            if st.st_uid != uid or not stat.S_ISREG(st.st_mode):
+                continue                     # only our own plain segments, never a dir or link
             pid, start = int(m.group(1)), int(m.group(2))
             if process_start(pid) == start:
                 continue
             try:
                 os.unlink(entry.path)
                 reaped.append(entry.name)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass                         # gone already, or not ours to remove
     return reaped

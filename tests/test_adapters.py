@@ -1,0 +1,51 @@
+"""The Go and C host adapters: built, checked against layout.py, and run
+against a real `shmpool serve` (their own suites start one)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shmpool import layout as L
+
+ROOT = Path(__file__).resolve().parent.parent
+C_DIR = ROOT / "host_adapters" / "c"
+GO_DIR = ROOT / "host_adapters" / "go"
+ENV = dict(os.environ, PYTHON=sys.executable, SHMPOOL_PYTHON=sys.executable)
+ENV.pop("SHMPOOL_SOCKET", None)
+
+
+def run(cmd, cwd, timeout=600):
+    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def c_built():
+    run(["make", "-s"], C_DIR)
+    return C_DIR / "build"
+
+
+def test_c_header_mirrors_layout_py(c_built):
+    lines = run([str(c_built / "layout_dump")], C_DIR).split()
+    dumped = dict(zip(lines[::2], lines[1::2]))
+    assert len(dumped) >= 35
+    for name, value in dumped.items():
+        if name.startswith("STATUS_"):
+            expected = getattr(L.Status, name[len("STATUS_"):])
+        else:
+            expected = getattr(L, name)
+        assert str(expected) == value, name
+    assert {f"STATUS_{n}" for n in L.Status.names.values()} <= set(dumped)
+
+
+def test_c_suite_against_a_real_server(c_built):
+    out = run(["make", "test", f"PYTHON={sys.executable}"], C_DIR)
+    summary = [ln for ln in out.splitlines() if ln.endswith(" failed")][-1]
+    passed, failed = (int(w) for w in summary.replace(",", "").split()[::2][:2])
+    assert failed == 0 and passed >= 100, summary
+    assert "[7 113 835]" in out
