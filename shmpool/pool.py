@@ -100,7 +100,9 @@ class Pool:
     ``"package.module:function"``, a function taking a read-only float64
     array (and ``threshold=`` if it has that parameter) and returning indices.
     *nan_policy* ("raise", "omit", "propagate") says what NaN and inf mean to
-    the classic detector; see docs/LAYOUT.md section 4.
+    the classic detector; see docs/LAYOUT.md section 4.  *memory_limit*
+    (bytes) caps each worker's own allocations (RLIMIT_DATA): a detector that
+    exceeds it raises MemoryError in its worker, reported as DetectorError.
     """
 
     _closed = True               # a half-built pool is a closed one
@@ -109,7 +111,7 @@ class Pool:
     def __init__(self, workers: int | None = None, *, detector: str = detectors.CLASSIC,
                  threshold: float = 2.0, nan_policy: str = "raise",
                  start_method: str | None = None, timeout: float | None = None,
-                 startup_timeout: float = 60.0):
+                 startup_timeout: float = 60.0, memory_limit: int | None = None):
         if workers is None:
             workers = len(os.sched_getaffinity(0))
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -121,6 +123,9 @@ class Pool:
         self.workers = workers
         self.timeout = timeout
         self.startup_timeout = startup_timeout
+        if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit <= 0):
+            raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
+        self.memory_limit = memory_limit
         self._ctx = multiprocessing.get_context(start_method or "forkserver")
         if self._ctx.get_start_method() == "forkserver":
             self._ctx.set_forkserver_preload(["numpy", "shmpool._backend.worker"])
@@ -291,6 +296,8 @@ class Pool:
             self._busy += len(take)
         try:
             for slot in take:
+                if slot.proc is not None and slot.poller.poll(0):
+                    self._stop(slot)     # readable while idle: it died between calls
                 if slot.proc is None:
                     self._start(slot)
         except BaseException:
@@ -318,7 +325,8 @@ class Pool:
                 close_fds = [s.sock.fileno() for s in self._slots if s.sock is not None]
                 close_fds.append(host.fileno())
             proc = self._ctx.Process(target=worker_mod.main, name=f"shmpool-worker-{slot.index}",
-                                     args=(child, self.detector, _ident(), close_fds), daemon=True)
+                                     args=(child, self.detector, _ident(), close_fds,
+                                           self.memory_limit), daemon=True)
             proc.start()
         except BaseException:
             host.close()
@@ -507,7 +515,7 @@ class Pool:
             if out is not None:
                 if not rep.fits:
                     raise ResultTooSmall(f"the answer has {rep.needed} indices; the return segment "
-                                         f"holds {out.capacity}; nothing was written",
+                                         f"holds {out.capacity}; count is 0, no index was written",
                                          rep.needed, out.capacity)
                 return out.indices
             self._ensure_written(slot, rep, deadline)
@@ -540,7 +548,7 @@ class Pool:
             if needed > out.capacity:
                 out._seg.set_result(L.Status.TOO_SMALL, 0, needed)
                 raise ResultTooSmall(f"the answer has {needed} indices; the return segment "
-                                     f"holds {out.capacity}; nothing was written",
+                                     f"holds {out.capacity}; count is 0, no index was written",
                                      needed, out.capacity)
             dest = out._seg.region()
         pos = 0

@@ -196,7 +196,7 @@ class Server:
             if written < needed:
                 return L.Reply(L.Status.TOO_SMALL, rid, 0, needed, error_type="ResultTooSmall",
                                message=f"the answer has {needed} indices; the result segment "
-                                       f"{req.out_name!r} is smaller; nothing was written")
+                                       f"{req.out_name!r} is smaller; no index was written")
             return L.Reply(L.Status.OK, rid, written, needed)
         except Exception as e:  # noqa: BLE001 - every failure is a reply, never a crash
             return error_reply(rid, e)

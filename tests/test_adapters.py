@@ -49,3 +49,33 @@ def test_c_suite_against_a_real_server(c_built):
     passed, failed = (int(w) for w in summary.replace(",", "").split()[::2][:2])
     assert failed == 0 and passed >= 100, summary
     assert "[7 113 835]" in out
+
+
+def test_go_vet_and_gofmt():
+    run(["go", "vet", "./..."], GO_DIR)
+    assert run(["gofmt", "-l", "."], GO_DIR).strip() == ""
+
+
+def test_go_suite_with_race_detector_against_a_real_server():
+    out = run(["go", "test", "-race", "-count=1", "-v", "./..."], GO_DIR, timeout=900)
+    assert "--- FAIL" not in out
+    for name in ("TestServer", "TestServerRestart", "ExampleClient_Detect", "TestVectors"):
+        assert f"--- PASS: {name} " in out, name
+
+
+def test_go_outliers_command(tmp_path):
+    from serverutil import ServerProcess
+    binary = tmp_path / "outliers"
+    run(["go", "build", "-o", str(binary), "./cmd/outliers"], GO_DIR)
+    server = ServerProcess(tmp_path / "go.sock", "--workers", "2").start()
+    try:
+        out = run([str(binary), "-socket", server.path], tmp_path)
+        assert out.strip() == "[7 113 835]"
+        env_run = subprocess.run([str(binary)], env=dict(ENV, SHMPOOL_SOCKET=server.path),
+                                 capture_output=True, text=True, timeout=60)
+        assert env_run.stdout.strip() == "[7 113 835]"
+    finally:
+        assert server.stop() == 0
+    bad = subprocess.run([str(binary), "-socket", str(tmp_path / "nobody.sock")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "shmpool:" in bad.stderr

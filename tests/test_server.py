@@ -322,3 +322,40 @@ def test_empty_packet_is_a_bad_message_not_a_hang_up(client):
     r = client.send_raw(b"")
     assert r.status == L.Status.BAD_MESSAGE
     client.ping()
+
+
+def test_a_fifo_under_a_segment_name_is_refused_not_waited_on(client):
+    name = new_name()
+    os.mkfifo(f"/dev/shm/{name}", 0o600)
+    try:
+        with Segment.create(4, L.KIND_RESULT) as out:
+            t0 = time.monotonic()
+            assert client.detect_segments(name, 0, 1, out.name).status == L.Status.NOT_PERMITTED
+            assert time.monotonic() - t0 < 2
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+
+
+def test_workers_unmap_segments_their_host_unlinked(server, client):
+    names = []
+    for _ in range(3):
+        with Segment.create(100_000, L.KIND_DATA) as d, Segment.create(100, L.KIND_RESULT) as o:
+            d.set_count(100_000)
+            assert client.detect_segments(d.name, 0, 100_000, o.name).status == L.Status.OK
+            names += [d.name, o.name]
+    workers = psutil.Process(server.proc.pid).children(recursive=True)
+
+    def still_mapped():
+        found = []
+        for w in workers:
+            try:
+                maps = Path(f"/proc/{w.pid}/maps").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            found += [n for n in names if n in maps]
+        return found
+
+    deadline = time.monotonic() + 5
+    while still_mapped() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_mapped() == []

@@ -128,7 +128,9 @@ class Segment:
         """Map an existing segment after checking name, owner, mode and header."""
         self = cls()
         path = _path(name)
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO under a segment's name must not hang us in open();
+        # fstat below refuses anything that is not a regular file.
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
@@ -136,7 +138,7 @@ class Segment:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise SegmentPermission(f"segment {name!r} is a symlink") from None
-            if e.errno in (errno.EACCES, errno.EPERM):
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ENXIO):
                 raise SegmentPermission(f"segment {name!r}: {e.strerror}") from None
             raise SegmentError(f"segment {name!r}: {e.strerror}") from None
         try:

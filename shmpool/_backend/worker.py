@@ -8,9 +8,11 @@ its socket reaches end-of-file or its host process is gone.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import socket
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -24,8 +26,10 @@ from . import wire
 from .segment import SHM_DIR, Segment, process_start
 
 MAPPINGS_KEPT = 32        # mapped segments cached per worker
-HOST_CHECK_SECONDS = 1.0  # how often an idle worker checks that its host lives
+HOST_CHECK_SECONDS = 0.5  # how often a worker checks that its host lives
 SPIN_SECONDS = 300e-6    # poll for the next request this long before sleeping
+SWEEP_SECONDS = 1.0      # an idle worker unmaps unlinked foreign segments this often
+SWEEP_CALLS = 256        # ... and a busy one every this many requests
 
 
 def recv_spinning(sock: socket.socket, poller, size: int, spin: float, wait_ms: int | None):
@@ -81,10 +85,17 @@ class _Mappings:
             self._maps.move_to_end(key)
             return hit[0]
         seg = Segment.attach(name, kind, writable=(kind == L.KIND_RESULT))
-        self._maps[key] = (seg, seg.ident)
+        self._maps[key] = (seg, seg.ident if verify else None)
         while len(self._maps) > MAPPINGS_KEPT:
             self._maps.popitem(last=False)[1][0].close()
         return seg
+
+    def sweep(self) -> None:
+        """Unmap foreign segments whose file is gone (their host unlinked
+        them), so a host that makes and drops segments never pins memory."""
+        for (name, kind), (seg, ident) in list(self._maps.items()):
+            if ident is not None and not os.path.exists(os.path.join(SHM_DIR, name)):
+                self.forget(name)
 
     def forget(self, name: str) -> None:
         for kind in (L.KIND_DATA, L.KIND_RESULT):
@@ -170,20 +181,22 @@ class _Worker:
             return self.flag(req, x, lim[0], lim[1], policy)
         raise ShmpoolError(f"unknown op {req.op}")
 
-    def serve(self, host: tuple[int, int]) -> None:
+    def serve(self) -> None:
         sock = self.sock
         sock.setblocking(False)
         poller = select.poll()
         poller.register(sock, select.POLLIN)
+        calls = 0
         while True:
             try:
                 msg = recv_spinning(sock, poller, wire.REQ_SIZE, SPIN_SECONDS,
-                                    int(HOST_CHECK_SECONDS * 1000))
+                                    int(SWEEP_SECONDS * 1000))
             except OSError:
                 return
+            calls += 1
+            if msg is None or calls % SWEEP_CALLS == 0:
+                self.maps.sweep()
             if msg is None:
-                if process_start(host[0]) != host[1]:
-                    return                      # the host died without closing us
                 continue
             if not msg:
                 return                          # end-of-file: the host is done with us
@@ -199,6 +212,20 @@ class _Worker:
                     return
 
 
+def watch_host(host: tuple[int, int]) -> None:
+    """Exit when the host process is gone, even in the middle of a call.
+
+    End-of-file on the socket tells an idle worker; this thread also ends a
+    busy one (a detector stuck for minutes), since kernels release the GIL.
+    """
+    def loop():
+        while process_start(host[0]) == host[1]:
+            time.sleep(HOST_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=loop, name="shmpool-host-watch", daemon=True).start()
+
+
 def error_rep(e: BaseException) -> wire.Rep:
     if isinstance(e, DetectorError):          # raised by shmpool on the detector's behalf
         return wire.Rep(e.status, error_type=e.remote_type or type(e).__name__,
@@ -209,7 +236,8 @@ def error_rep(e: BaseException) -> wire.Rep:
                     traceback=traceback.format_exc())
 
 
-def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[int]) -> None:
+def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[int],
+         memory_limit: int | None = None) -> None:
     """Entry point of a worker process (any start method)."""
     for fd in close_fds:       # fork: the host's ends of every socket, or EOF never comes
         try:
@@ -218,6 +246,11 @@ def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the host's to handle
     np.seterr(all="ignore")    # overflow is reported by value (NonFiniteError), not as noise
+    if memory_limit:
+        # RLIMIT_DATA caps the heap and private mappings (a detector's
+        # allocations), not the shared segments this worker maps.
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
+    watch_host(host)
     try:
         detector = None if spec == detectors.CLASSIC else detectors.load(spec)
     except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
@@ -226,4 +259,4 @@ def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[
                                             traceback=traceback.format_exc())))
         return
     sock.sendall(wire.pack_rep(wire.Rep(L.Status.OK)))      # ready
-    _Worker(sock, detector).serve(host)
+    _Worker(sock, detector).serve()

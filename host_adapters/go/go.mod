@@ -1,0 +1,3 @@
+module github.com/shmpool/shmpool/host_adapters/go
+
+go 1.22
