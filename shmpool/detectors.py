@@ -106,6 +106,13 @@ def chunk_stats(x: np.ndarray, nan_policy: str) -> Stats:
     return acc
 
 
+def split(n: int, k: int) -> list[tuple[int, int]]:
+    """k contiguous chunks covering [0, n), boundaries on 64-byte multiples.
+    Every pool splits this way, so equal k gives equal answers."""
+    bounds = [(n * i // k) // 8 * 8 for i in range(k)] + [n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def combine(parts: list[Stats], offsets: list[int]) -> Stats:
     total = Stats()
     for s, off in zip(parts, offsets):
@@ -153,6 +160,19 @@ def chunk_threshold(x: np.ndarray, mean: float, cut: float, base: int, nan_polic
         out = np.empty(total, dtype=np.int64)
         flag_into(x, mean, cut, base, nan_policy, out)
     return out[:total]
+
+
+def two_phase(chunks, threshold: float, nan_policy: str, stats, flag):
+    """The split detector's control flow, shared by every pool.
+
+    ``stats(chunks)`` runs pass 1 on each chunk (in parallel, wherever the
+    pool runs things) and returns their Stats; they are combined exactly once;
+    ``flag(chunks, mean, cut)`` runs pass 2 on each chunk and its result is
+    returned.  None means no index can be flagged (or the input is empty).
+    """
+    parts = stats(chunks)
+    lim = limits(combine(parts, [a for a, _ in chunks]), threshold, nan_policy)
+    return None if lim is None else flag(chunks, *lim)
 
 
 def classic(x: np.ndarray, threshold: float = 2.0, nan_policy: str = "raise") -> np.ndarray:

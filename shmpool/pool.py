@@ -521,25 +521,23 @@ class Pool:
             self._ensure_written(slot, rep, deadline)
             return slot.result.region()[:rep.needed].copy()
 
-        bounds = [start + (n * i // len(slots)) // 8 * 8 for i in range(len(slots))] + [start + n]
-        chunks = list(zip(bounds[:-1], bounds[1:]))
-        reps = self._exchange_all(slots, [
-            wire.Req(wire.STATS, pcode, flags, a, b - a, data_name=data_name)
-            for a, b in chunks], deadline)
-        total = detectors.combine(
-            [detectors.Stats(r.n, r.mean, r.m2, r.nonfinite, r.first_nonfinite) for r in reps],
-            [a - start for a, _ in chunks])
-        lim = detectors.limits(total, k, policy)
-        if lim is None:
-            parts = []
-        else:
+        def stats(chunks):
             reps = self._exchange_all(slots, [
-                wire.Req(wire.THRESH, pcode, flags, a, b - a, base=a - start, mean=lim[0],
-                         cut=lim[1], data_name=data_name, out_name=slot.result.name)
+                wire.Req(wire.STATS, pcode, flags, start + a, b - a, data_name=data_name)
+                for a, b in chunks], deadline)
+            return [detectors.Stats(r.n, r.mean, r.m2, r.nonfinite, r.first_nonfinite)
+                    for r in reps]
+
+        def flag(chunks, mean, cut):
+            reps = self._exchange_all(slots, [
+                wire.Req(wire.THRESH, pcode, flags, start + a, b - a, base=a, mean=mean, cut=cut,
+                         data_name=data_name, out_name=slot.result.name)
                 for slot, (a, b) in zip(slots, chunks)], deadline)
             for slot, rep in zip(slots, reps):
                 self._ensure_written(slot, rep, deadline)
-            parts = [(slot, rep.needed) for slot, rep in zip(slots, reps)]
+            return [(slot, rep.needed) for slot, rep in zip(slots, reps)]
+
+        parts = detectors.two_phase(detectors.split(n, len(slots)), k, policy, stats, flag) or []
         needed = sum(c for _, c in parts)
         if out is None:
             result = np.empty(needed, dtype=np.int64)

@@ -25,6 +25,7 @@ from shmpool import layout as L
 from shmpool._backend.segment import SHM_DIR, Segment
 from shmpool.client import Client
 
+# CI runs a short fuzz; the dedicated run is SHMPOOL_FUZZ_EXAMPLES=100000.
 FUZZ_EXAMPLES = int(os.environ.get("SHMPOOL_FUZZ_EXAMPLES", "3000"))
 
 
@@ -154,6 +155,7 @@ def mutated(data):
     return bytes(raw[:cut]) if cut <= len(raw) else bytes(raw) + bytes(cut - len(raw))
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
@@ -171,6 +173,7 @@ def test_fuzz_request_decoder(data):
             assert L.valid_name(req.data_name) and L.valid_name(req.out_name)
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.binary(min_size=0, max_size=200), st.integers(0, 1 << 20), st.sampled_from([1, 2]))
 def test_fuzz_header_check(raw, size, kind):
@@ -182,6 +185,7 @@ def test_fuzz_header_check(raw, size, kind):
         assert kind == L.KIND_RESULT or h.count <= h.capacity
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_reply_decoder(raw):
@@ -193,6 +197,7 @@ def test_fuzz_reply_decoder(raw):
         len(r.traceback.encode()) or "\ufffd" in r.error_type + r.message + r.traceback
 
 
+@pytest.mark.slow
 def test_fuzz_live_server(server):
     """Mutated requests over a real connection: every one answered with a
     documented status, the server still serving afterwards."""
