@@ -51,6 +51,7 @@ def nothing_left_behind():
     import gc
     gc.collect()
     assert our_segments() == [], "segments left in /dev/shm"
+    assert worker_children() == [], "processes left running"
 
 
 @pytest.fixture(scope="module")
