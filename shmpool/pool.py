@@ -33,8 +33,6 @@ Who does what:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import math
 import multiprocessing
 import os
@@ -48,6 +46,7 @@ import weakref
 import numpy as np
 
 from . import detectors
+from ._forms import CallForms
 from . import layout as L
 from ._backend import wire
 from ._backend import worker as worker_mod
@@ -89,7 +88,7 @@ class _Slot:
         self.forget: list[str] = []   # segment names the worker should unmap
 
 
-class Pool:
+class Pool(CallForms):
     """Detector workers on shared memory.
 
     ``Pool(workers=None, detector="classic", threshold=2.0, nan_policy="raise",
@@ -138,7 +137,6 @@ class Pool:
         self._shared: dict[int, tuple[int, Segment]] = {}   # address -> (end, segment of empty())
         self._owned: set[str] = set()               # every segment name this pool must unlink
         self._procs: list = []                      # every worker process, for the finalizer
-        self._executor = None
         self._closed = False
         self._finalizer = weakref.finalize(self, _emergency_cleanup, self._owned, self._procs)
         reap_orphans()
@@ -187,19 +185,9 @@ class Pool:
         finally:
             self._release(slots)
 
-    def submit(self, x, **kwargs) -> concurrent.futures.Future:
-        """detect() on a pool thread; do not modify x until the future is done."""
-        with self._cond:
-            if self._closed:
-                raise PoolClosed("the pool is closed")
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=2 * self.workers + 2, thread_name_prefix="shmpool-submit")
-            return self._executor.submit(self.detect, x, **kwargs)
-
-    async def detect_async(self, x, **kwargs):
-        """``await pool.detect_async(x)``: detect() without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(x, **kwargs))
+    @property
+    def _parallelism(self) -> int:
+        return self.workers
 
     def empty(self, n: int) -> np.ndarray:
         """A float64 array of length *n* living in shared memory.
@@ -255,8 +243,7 @@ class Pool:
             self._destroy(seg)
         for _end, seg in shared:
             self._destroy(seg)             # live arrays keep their mapping, not the name
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_executor(wait=False)
         if self._finalizer is not None:
             self._finalizer()
 

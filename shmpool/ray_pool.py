@@ -18,12 +18,10 @@ Requires the extra: ``pip install 'shmpool[ray]'``.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-
 import numpy as np
 
 from . import detectors
+from ._forms import CallForms
 from .errors import (DetectorError, DetectTimeout, PoolClosed, RemoteTraceback,
                      ShmpoolError, WorkerDied)
 from .pool import SPLIT_MIN, _as_real_1d, _check_policy, _check_threshold
@@ -43,7 +41,7 @@ def _detect_task(x, threshold, nan_policy, spec):
     return detectors.check_indices(detectors.load(spec)(x, threshold), len(x))
 
 
-class RayPool:
+class RayPool(CallForms):
     """Detector tasks on Ray, with the local Pool's surface.
 
     ``RayPool(address=None, *, detector="classic", threshold=2.0,
@@ -54,7 +52,6 @@ class RayPool:
     since objects in Ray's store are immutable once put.
     """
 
-    _executor = None
     _closed = True
 
     def __init__(self, address: str | None = None, *, detector: str = detectors.CLASSIC,
@@ -133,23 +130,15 @@ class RayPool:
                 ray.exceptions.ObjectLostError) as e:
             raise WorkerDied(f"a Ray worker died during the call (after retries): {e}") from None
 
-    def submit(self, x, **kwargs) -> concurrent.futures.Future:
-        if self._closed:
-            raise PoolClosed("the pool is closed")
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=2 * self.chunks + 2, thread_name_prefix="shmpool-ray")
-        return self._executor.submit(self.detect, x, **kwargs)
-
-    async def detect_async(self, x, **kwargs):
-        return await asyncio.wrap_future(self.submit(x, **kwargs))
+    @property
+    def _parallelism(self) -> int:
+        return self.chunks
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._stop_executor(wait=True)
         if self._owns_ray:
             self._ray.shutdown()
 

@@ -2,7 +2,6 @@
 against a real `shmpool serve` (their own suites start one)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import planted
 from serverutil import ServerProcess
-from shmpool import DetectorError, NonFiniteError, SegmentPermission
+from shmpool import DetectorError, NonFiniteError
 from shmpool import layout as L
 from shmpool._backend.segment import Segment, new_name
 from shmpool.client import Client
