@@ -59,6 +59,12 @@ def _serve(args) -> int:
                  threshold=args.threshold, nan_policy=args.nan_policy, timeout=args.timeout)
 
 
+def _soak(args) -> int:
+    from . import soak
+
+    return soak.run(soak.Config.from_args(args))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="shmpool", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -80,6 +86,54 @@ def main(argv=None) -> int:
 
     c = sub.add_parser("cleanup", help="unlink segments whose creating process is gone")
     c.set_defaults(fn=_cleanup)
+
+    k = sub.add_parser("soak", help="drive pools with a steady mix of calls and check that "
+                       "memory, fds, threads and segments stay flat (exit 1 if not)")
+    k.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="run this long (default 60 s unless --calls is given)")
+    k.add_argument("--calls", type=int, default=None, metavar="N",
+                   help="stop after N detect calls (with --duration: whichever comes first)")
+    k.add_argument("--threads", type=int, default=4, help="calling threads (default 4)")
+    k.add_argument("--workers", type=int, default=2, help="workers of the main pool (default 2)")
+    k.add_argument("--kill-every", type=int, default=400, metavar="N",
+                   help="SIGKILL a random worker every N calls (default 400; 0: never)")
+    k.add_argument("--error-every", type=int, default=50, metavar="N",
+                   help="make every N-th call fail on purpose (default 50; 0: never)")
+    k.add_argument("--min-size", type=int, default=100, help="smallest call (default 100)")
+    k.add_argument("--max-size", type=int, default=1_000_000,
+                   help="largest call (default 1000000)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--go-host", default=None, metavar="PATH",
+                   help="also run this program (host_adapters/go/bin/outliers) in a loop "
+                        "against a `shmpool serve` the soak starts, beside Python Client calls")
+    k.add_argument("--server-workers", type=int, default=2,
+                   help="workers of that server (default 2)")
+    k.add_argument("--out", default="soak-out", metavar="DIR",
+                   help="where samples.csv, soak.png, summary.json, summary.txt go "
+                        "(default ./soak-out)")
+    k.add_argument("--sample-interval", type=float, default=None, metavar="SECONDS",
+                   help="default: duration/150 within [0.2, 5] s; 0.5 s with only --calls")
+    k.add_argument("--warmup", type=float, default=0.2, metavar="FRACTION",
+                   help="leading fraction of the calls that is not judged (default 0.2)")
+    k.add_argument("--min-warmup-calls", type=int, default=20_000, metavar="N",
+                   help="the warm-up: at least N calls, at most half (default 20000)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k.add_argument("--malloc-mmap-threshold", type=int, default=65536, metavar="BYTES",
+                   help="glibc: allocations this big get their own mmap, so freed numpy "
+                        "temporaries leave RSS (default 65536; 0: keep glibc's dynamic "
+                        "threshold, whose steps read as RSS growth)")
+    k.add_argument("--max-rss-growth", type=float, default=1.0, metavar="MIB",
+                   help="bound on each process's fitted anonymous-RSS growth after the "
+                        "warm-up (default 1)")
+    k.add_argument("--max-fd-growth", type=int, default=0, metavar="N", help="default 0")
+    k.add_argument("--max-thread-growth", type=int, default=0, metavar="N", help="default 0")
+    k.add_argument("--max-segment-growth", type=int, default=0, metavar="N",
+                   help="/dev/shm segments per owning process (default 0)")
+    k.add_argument("--max-segment-bytes-growth", type=float, default=0.0, metavar="MIB",
+                   help="default 0")
+    k.add_argument("--max-mapping-growth", type=int, default=0, metavar="N",
+                   help="shmpool segments mapped into a process (default 0)")
+    k.set_defaults(fn=_soak)
 
     args = ap.parse_args(argv)
     return args.fn(args)

@@ -148,8 +148,13 @@ def limits(total: Stats, threshold: float, nan_policy: str) -> tuple[float, floa
 def flag_into(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str,
               out: np.ndarray) -> int:
     """Pass 2 over one chunk: write base + i for each |x[i] - mean| > cut into
-    *out* (int64) while it has room; return how many there are in all."""
-    return _kernel.chunk_threshold(x, mean, cut, base, out, nan_policy == "omit")
+    *out* (int64) while it has room; return how many there are in all.
+
+    NaN and inf are never reported: pass 2 only sees them under "omit" (the
+    other policies end at ``limits``)."""
+    if out.dtype != np.int64:
+        raise TypeError(f"out must be int64, not {out.dtype}")
+    return _kernel.chunk_threshold(x, mean, cut, base, out)
 
 
 def chunk_threshold(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str) -> np.ndarray:

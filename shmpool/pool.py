@@ -51,7 +51,7 @@ from . import layout as L
 from ._backend import wire
 from ._backend import worker as worker_mod
 from ._backend.segment import Segment, _ident, reap_orphans
-from ._backend.worker import recv_spinning
+from ._backend.sockets import recv_spinning
 from .errors import (BrokenPool, DetectTimeout, PoolClosed, ResultTooSmall,
                      ShmpoolError, WorkerDied, from_status)
 from .returns import ReturnSegment
@@ -60,7 +60,7 @@ SPLIT_MIN = 1 << 18        # elements below which one worker takes the whole arr
 SLOT_INPUT = 1 << 16       # elements of each slot's own input segment
 SLOT_RESULT = 1 << 16      # initial indices of each slot's result segment
 STAGING_KEPT = 4           # large staging segments kept for reuse
-SPIN_SECONDS = 50e-6       # spin for a reply this long before sleeping (see recv_spinning)
+SPIN_SECONDS = 250e-6      # spin for a reply this long before sleeping (see recv_spinning)
 
 
 def _signal_name(exitcode: int | None) -> str:

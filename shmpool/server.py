@@ -29,11 +29,14 @@ import threading
 
 from . import layout as L
 from .errors import DetectorError, ShmpoolError
+from ._backend.sockets import recv_spinning
 from .pool import Pool
 
 log = logging.getLogger("shmpool.serve")
 
 MAX_CONNECTIONS = 1024
+SPIN_SECONDS = 300e-6      # a connection thread polls this long for the next request
+SEND_SECONDS = 5.0         # a host that reads no replies for this long is dropped
 POLICY_BY_CODE = {L.POLICY_PROPAGATE: "propagate", L.POLICY_OMIT: "omit", L.POLICY_RAISE: "raise"}
 _UCRED = struct.Struct("3i")
 
@@ -158,10 +161,13 @@ class Server:
 
     def _serve_conn(self, conn: socket.socket) -> None:
         names: set[str] = set()
+        conn.setblocking(False)
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
         try:
             while True:
-                try:
-                    msg = conn.recv(L.REQUEST_SIZE + 1)   # one more: an oversize packet shows
+                try:                                    # one byte more: an oversize packet shows
+                    msg = recv_spinning(conn, poller, L.REQUEST_SIZE + 1, SPIN_SECONDS, None)
                 except OSError:
                     break
                 if not msg and _hung_up(conn):
@@ -235,8 +241,16 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 def _send(conn: socket.socket, reply: L.Reply) -> bool:
+    packet = L.pack_reply(reply)
     try:
-        conn.sendall(L.pack_reply(reply))
+        try:
+            conn.send(packet)
+        except BlockingIOError:              # the host is not reading its replies
+            p = select.poll()
+            p.register(conn, select.POLLOUT)
+            if not p.poll(int(SEND_SECONDS * 1000)):
+                return False
+            conn.send(packet)
         return True
     except OSError:
         return False

@@ -24,36 +24,13 @@ from .. import layout as L
 from ..errors import DetectorError, SegmentLayoutError, ShmpoolError
 from . import wire
 from .segment import SHM_DIR, Segment, process_start
+from .sockets import recv_spinning
 
 MAPPINGS_KEPT = 32        # mapped segments cached per worker
 HOST_CHECK_SECONDS = 0.5  # how often a worker checks that its host lives
 SPIN_SECONDS = 300e-6    # poll for the next request this long before sleeping
 SWEEP_SECONDS = 1.0      # an idle worker unmaps unlinked foreign segments this often
 SWEEP_CALLS = 256        # ... and a busy one every this many requests
-
-
-def recv_spinning(sock: socket.socket, poller, size: int, spin: float, wait_ms: int | None):
-    """Receive one packet from a non-blocking socket: spin briefly, then sleep.
-
-    A sleeping vCPU takes tens of microseconds to wake on a VM, more than a
-    small detect costs; a short spin keeps the receiving CPU awake through
-    back-to-back calls.  Returns None when wait_ms passes with nothing.
-    """
-    end = time.perf_counter() + spin
-    while True:
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            pass
-        if time.perf_counter() >= end:
-            break
-    while True:
-        if not poller.poll(wait_ms):
-            return None
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            continue
 
 
 class _Mappings:
