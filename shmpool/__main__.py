@@ -56,7 +56,8 @@ def _serve(args) -> int:
     from .server import serve
 
     return serve(socket_path=args.socket, workers=args.workers, detector=args.detector,
-                 threshold=args.threshold, nan_policy=args.nan_policy, timeout=args.timeout)
+                 threshold=args.threshold, nan_policy=args.nan_policy, timeout=args.timeout,
+                 memory_limit=args.memory_limit)
 
 
 def _soak(args) -> int:
@@ -82,13 +83,21 @@ def main(argv=None) -> int:
     s.add_argument("--threshold", type=float, default=2.0)
     s.add_argument("--nan-policy", default="raise", choices=["raise", "omit", "propagate"])
     s.add_argument("--timeout", type=float, default=None, help="per-call limit in seconds")
+    s.add_argument("--memory-limit", type=int, default=None,
+                   help="bytes each worker may allocate (RLIMIT_DATA); beyond it a call fails")
     s.set_defaults(fn=_serve)
 
     c = sub.add_parser("cleanup", help="unlink segments whose creating process is gone")
     c.set_defaults(fn=_cleanup)
 
     k = sub.add_parser("soak", help="drive pools with a steady mix of calls and check that "
-                       "memory, fds, threads and segments stay flat (exit 1 if not)")
+                       "memory, fds, threads and segments stay flat (exit 1 if not)",
+                       description="Memory-growth soak: a mix of calls (sizes 10^2..10^6, "
+                       "copy-in and zero-copy, threads, detector errors, worker kills; with "
+                       "--go-host also a server and the Go host), sampled for RSS, fds, "
+                       "threads and /dev/shm segments; exit 0 when flat after the warm-up, "
+                       "1 when a bound is exceeded, 2 on setup errors.  The method: "
+                       "`python -m pydoc shmpool.soak`.")
     k.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="run this long (default 60 s unless --calls is given)")
     k.add_argument("--calls", type=int, default=None, metavar="N",

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import planted
 from serverutil import ServerProcess
-from shmpool import DetectorError, NonFiniteError
+from shmpool import DetectorError, DetectTimeout, NonFiniteError
 from shmpool import layout as L
 from shmpool._backend.segment import Segment, new_name
 from shmpool.client import Client
@@ -35,7 +35,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trouble_server(tmp_path_factory):
     s = ServerProcess(tmp_path_factory.mktemp("srv") / "t.sock", "--workers", "2",
-                      "--detector", "shmpool.testing:troublemaker").start()
+                      "--detector", "shmpool.testing:troublemaker", "--timeout", "2",
+                      "--memory-limit", str(1 << 30)).start()
     yield s
     assert s.stop() == 0
 
@@ -84,6 +85,15 @@ def test_detector_error_arrives_with_type_message_traceback(trouble_server):
         assert e.value.remote_type == "ValueError" and "negative value -5.0" in str(e.value)
         assert "troublemaker" in str(e.value.__cause__)
         assert c.detect(planted(1)).tolist() == [7, 113, 835]
+
+
+def test_server_timeout_stops_the_call_and_serves_on(trouble_server):
+    with Client(trouble_server.path) as c:
+        t0 = time.monotonic()
+        with pytest.raises(DetectTimeout):
+            c.detect(np.arange(13.0))                 # troublemaker sleeps 30 s on 13 values
+        assert time.monotonic() - t0 < 10
+        assert c.detect(planted(3)).tolist() == [7, 113, 835]
 
 
 def test_non_finite_under_raise(client):
