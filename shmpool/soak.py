@@ -60,8 +60,8 @@ The verdict (``analyze``)
     * fds other than segment mappings (Python's mmap keeps a dup of the fd),
       threads, segments, segment bytes other than the pools' staging caches
       (which legitimately hold up to 4 segments of varying size each), and
-      mapped segments: median of the last fifth of the samples minus median
-      of the first fifth; bound 0.  A worker caches up to MAPPINGS_KEPT
+      mapped segments: the level (most common value) of the last quarter of
+      the samples minus that of the first quarter; bound 0.  A worker caches up to MAPPINGS_KEPT
       mappings by design, so for workers the bound is that cap instead.
 
     Every check prints its slope per 10k calls.  Exit status: 0 flat,
@@ -103,7 +103,7 @@ DEFAULT_MAX_RSS_GROWTH_MIB = 1.0        # per process over the judged part of th
 DEFAULT_WARMUP = 0.2
 DEFAULT_MIN_WARMUP_CALLS = 20_000
 DEFAULT_MMAP_THRESHOLD = 1 << 16        # bytes; 0 leaves glibc's dynamic threshold alone
-COUNT_WINDOW = 0.2                      # counts: medians of the first and last fifth
+COUNT_WINDOW = 0.25                     # counts: levels of the first and last quarter
 GO_ANSWER = "[7 113 835]"
 
 SAMPLE_FIELDS = ["t", "calls", "role", "pid", "rss", "rss_anon", "rss_file", "rss_shmem",
@@ -222,6 +222,11 @@ def trim_heap() -> None:
     fn = getattr(_LIBC, "malloc_trim", None)
     if fn is not None:
         fn(0)
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the soak dies, even of SIGKILL."""
+    _LIBC.prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
 
 
 def fix_mmap_threshold(nbytes: int) -> str:
@@ -379,19 +384,26 @@ def within_slope(x, y, epochs=None) -> float | None:
     return sxy / sxx
 
 
+def level(values) -> float:
+    """The most common value (ties: the largest): the level a count rests at,
+    whatever its dips (a killed worker not yet replaced) and spikes."""
+    vals, counts = np.unique(np.asarray(values, dtype=float), return_counts=True)
+    return float(vals[counts == counts.max()].max())
+
+
 def window_growth(y, window: float = COUNT_WINDOW) -> float:
-    """Median of the last `window` of y minus median of the first (3 samples at
-    least, half at most): steady dips and one-sample spikes do not count."""
+    """level() of the last `window` of y minus level() of the first (at least
+    5 samples, at most half of them)."""
     y = np.asarray(y, dtype=float)
-    w = min(max(3, math.ceil(window * len(y))), max(1, len(y) // 2))
-    return float(np.median(y[-w:]) - np.median(y[:w]))
+    w = min(max(5, math.ceil(window * len(y))), max(1, len(y) // 2))
+    return level(y[-w:]) - level(y[:w])
 
 
 @dataclasses.dataclass
 class Check:
     role: str
     metric: str
-    method: str              # "fit": fitted growth; "window": median growth; "cap": maximum
+    method: str              # "fit": fitted growth; "window": growth of the level; "cap": maximum
     value: float             # growth (fit, window) or maximum (cap)
     bound: float
     slope_per_10k: float | None
@@ -503,30 +515,56 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
             add("mappings", "cap", [r["mappings"] for r in rs], cap + bounds.mappings)
         else:
             add("mappings", "window", [r["mappings"] for r in rs], bounds.mappings)
+        if role.endswith("/w0"):          # the witness, never killed by the soak
+            checks.append(Check(role, "restarts", "cap", epochs - 1, 0, None, len(rs), epochs,
+                                why="worker 0 is never killed: a restart is a crash"))
     return Report(checks, warm, final, notes)
 
 
-def format_report(report: Report, stats: dict | None = None) -> str:
+def format_report(report: Report, stats: dict | None = None, full: bool = True) -> str:
+    """The verdict as text: every check (full), or one line per process."""
     lines = [f"calls: {report.final_calls:,.0f}; warm-up: the first {report.warmup_calls:,.0f}; "
              f"judged: the other {report.final_calls - report.warmup_calls:,.0f}"]
     if stats:
         lines.append("events: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
     lines.append("")
-    lines.append(f"{'role':<24}{'metric':<21}{'start':>11}{'end':>11}{'slope/10k':>13}"
-                 f"{'growth':>12}{'bound':>10}  verdict")
-    for c in report.checks:
-        if c.in_bytes:
-            f = lambda v: f"{v / MIB:.2f}M"      # noqa: E731
-            s = lambda v: f"{v / MIB:+.3f}M"     # noqa: E731
-        else:
-            f = lambda v: f"{v:g}"               # noqa: E731
-            s = lambda v: f"{v:+.3f}"            # noqa: E731
-        slope = "n/a" if c.slope_per_10k is None else s(c.slope_per_10k)
-        value = f"max {c.value:g}" if c.method == "cap" else s(c.value)
-        verdict = ("ok" if c.ok else "FAIL") if c.judged else "-"
-        bound = f(c.bound) if c.judged else ""
-        lines.append(f"{c.role:<24}{c.metric:<21}{f(c.first):>11}{f(c.last):>11}{slope:>13}"
-                     f"{value:>12}{bound:>10}  {verdict}")
+    if full:
+        lines.append(f"{'role':<24}{'metric':<21}{'start':>11}{'end':>11}{'slope/10k':>13}"
+                     f"{'growth':>12}{'bound':>10}  verdict")
+        for c in report.checks:
+            if c.in_bytes:
+                f = lambda v: f"{v / MIB:.2f}M"      # noqa: E731
+                s = lambda v: f"{v / MIB:+.3f}M"     # noqa: E731
+            else:
+                f = lambda v: f"{v:g}"               # noqa: E731
+                s = lambda v: f"{v:+.3f}"            # noqa: E731
+            slope = "n/a" if c.slope_per_10k is None else s(c.slope_per_10k)
+            value = f"max {c.value:g}" if c.method == "cap" else s(c.value)
+            verdict = ("ok" if c.ok else "FAIL") if c.judged else "-"
+            bound = f(c.bound) if c.judged else ""
+            lines.append(f"{c.role:<24}{c.metric:<21}{f(c.first):>11}{f(c.last):>11}{slope:>13}"
+                         f"{value:>12}{bound:>10}  {verdict}")
+    else:
+        lines.append(f"{'process':<24}{'anon RSS MiB':>18}{'KiB/10k calls':>15}{'growth MiB':>12}"
+                     f"   {'fds thr seg MiB map':<22}verdict")
+        roles = sorted({c.role for c in report.checks})
+        for role in roles:
+            by = {c.metric: c for c in report.checks if c.role == role}
+            rss = by["rss_anon"]
+            slope = "n/a" if rss.slope_per_10k is None else f"{rss.slope_per_10k / 1024:+.1f}"
+            growth = (f"{rss.value / MIB:+.3f}" if rss.judged
+                      else f"({rss.epochs - 1} new)")
+            counts = " ".join(
+                (f"<={by[m].value:g}" if by[m].method == "cap" else
+                 f"{by[m].value / MIB:+.1f}" if by[m].in_bytes else f"{by[m].value:+g}")
+                for m in ("fds_other", "threads", "segments", "segment_bytes_fixed", "mappings"))
+            bad = [c.metric for c in by.values() if not c.ok]
+            lines.append(f"{role:<24}{rss.first / MIB:>8.2f} -> {rss.last / MIB:<6.2f}"
+                         f"{slope:>15}{growth:>12}   {counts:<22}"
+                         f"{'FAIL: ' + ', '.join(bad) if bad else 'ok'}")
+        lines.append("(anon RSS: start/end of the judged part, fitted slope and growth; "
+                     "(n new): a killed worker's role, reported only; counts: growth, "
+                     "'<=' the cap)")
     lines.extend(report.notes)
     return "\n".join(lines)
 
@@ -620,6 +658,7 @@ def go_driver(exe: str, socket_path: str) -> None:
     stdin it finishes the run in progress and answers with its counts
     ("runs ok worker_died bad last-problem"), on "r" it resumes, on "q" or
     end-of-file it exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the host's; it sends "q"
     runs = ok = died = bad = 0
     last = ""
     paused = False
@@ -755,6 +794,8 @@ class Soak:
         self.positive = np.abs(self.base[:n + 512]) + 1.0
         self.with_nan = self.base[:1000].copy()
         self.with_nan[rng.integers(0, 1000, 3)] = np.nan
+        if cfg.go_host is not None:
+            self._start_server()          # first, while this process has one thread
         try:
             self.pool = Pool(workers=cfg.workers, nan_policy="raise")
             self.trouble = Pool(workers=2, detector="shmpool.testing:troublemaker")
@@ -767,8 +808,6 @@ class Soak:
                 f.result()
         except (ShmpoolError, OSError, ValueError) as e:
             raise SetupError(f"cannot start the pools: {e}") from e
-        if cfg.go_host is not None:
-            self._start_server()
 
     def _start_server(self) -> None:
         from .client import Client
@@ -779,7 +818,8 @@ class Soak:
         self.server_proc = subprocess.Popen(
             [sys.executable, "-m", "shmpool", "serve", "--socket", self.socket_path,
              "--workers", str(self.cfg.server_workers)],
-            stdout=self._server_log, stderr=subprocess.STDOUT)
+            stdout=self._server_log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if hasattr(_LIBC, "prctl") else None)
         end = time.monotonic() + 60
         while True:
             if self.server_proc.poll() is not None:
@@ -1011,7 +1051,7 @@ class Soak:
             return x, self.pool.detect(x)
         if op == "copy_f32":
             x32 = x.astype(np.float32)
-            return x32.astype(np.float64), self.pool.detect(x32)
+            return x32, self.pool.detect(x32)          # reference() widens it the same way
         if op == "shared":
             off = r.randrange(0, len(self.shared) - n)
             x = self.shared[off:off + n]
@@ -1242,17 +1282,17 @@ def finish(soak: Soak, cfg: Config, interrupted: bool = False) -> int:
     if cfg.error_every and not stats.get("errors_raised"):
         report.notes.append("note: no error was raised (run shorter than --error-every calls)")
     status = 1 if problems else 0
-    text = format_report(report, stats)
     rss = [c for c in report.checks if c.metric == "rss_anon" and c.slope_per_10k is not None]
-    slopes = ", ".join(f"{c.role} {c.slope_per_10k / 1024:+.1f}" for c in rss)
-    text += f"\n\nanonymous-RSS slope, KiB per 10k calls: {slopes}"
+    tail = ("anonymous-RSS slope, KiB per 10k calls: "
+            + ", ".join(f"{c.role} {c.slope_per_10k / 1024:+.1f}" for c in rss))
     judged = [c for c in rss if c.judged]
     if judged:
         worst = max(judged, key=lambda c: c.value)
-        text += (f"\nlargest judged RSS growth: {worst.role} {worst.value / MIB:+.3f} MiB "
+        tail += (f"\nlargest judged RSS growth: {worst.role} {worst.value / MIB:+.3f} MiB "
                  f"(bound {cfg.bounds.rss_bytes / MIB:g} MiB)")
-    text += "\n" + ("flat: every bound holds" if not problems else
+    tail += "\n" + ("flat: every bound holds" if not problems else
                     "FAILED:\n" + "\n".join(f"  {p}" for p in problems))
+    text = format_report(report, stats, full=False) + "\n\n" + tail
     summary = {
         "status": status, "elapsed_s": round(soak.elapsed, 2), "samples": soak.samples,
         "calls": report.final_calls, "warmup_calls": report.warmup_calls,
@@ -1263,7 +1303,7 @@ def finish(soak: Soak, cfg: Config, interrupted: bool = False) -> int:
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(cfg.out, "summary.txt"), "w") as f:
-        f.write(text + "\n")
+        f.write(format_report(report, stats, full=True) + "\n\n" + text + "\n")
     print(text)
     print(f"wrote {csv_path}, {png_path}, {os.path.join(cfg.out, 'summary.txt')}, summary.json")
     return status
