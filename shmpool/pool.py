@@ -155,7 +155,7 @@ class Pool(CallForms):
 
         Returns a new int64 ndarray, or, with ``out=``, a read-only view of
         the indices written into that ReturnSegment (ResultTooSmall if it
-        cannot hold them; nothing is written then).
+        cannot hold them; the segment's count is then 0).
         """
         x = _as_real_1d(x)
         k = self.threshold if threshold is None else _check_threshold(threshold)
