@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup adapters demo test clean
+.PHONY: setup adapters demo test bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ demo: setup
 # Every test: Python, then (driven by tests/test_adapters.py) Go and C.
 test: setup
 	$(PY) -m pytest -q
+
+# Every method side by side, results in benchmarks/results/ (about 7 minutes).
+bench: setup
+	$(PY) -m benchmarks.run
+
+# The memory-growth soak for an hour, with a Go host (see README).
+soak: setup
+	$(PY) -m shmpool soak --duration 3600 --go-host host_adapters/go/bin/outliers --out soak-out
 
 clean:
 	rm -rf $(VENV) host_adapters/c/build host_adapters/go/bin
