@@ -2,8 +2,10 @@
 against a real `shmpool serve` (their own suites start one)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +60,8 @@ def test_go_vet_and_gofmt():
 def test_go_suite_with_race_detector_against_a_real_server():
     out = run(["go", "test", "-race", "-count=1", "-v", "./..."], GO_DIR, timeout=900)
     assert "--- FAIL" not in out
-    for name in ("TestServer", "TestServerRestart", "ExampleClient_Detect", "TestVectors"):
+    for name in ("TestServer", "TestServerRestart", "TestDetectorExceptionArrivesAsError",
+                 "ExampleClient_Detect", "TestVectors"):
         assert f"--- PASS: {name} " in out, name
 
 
@@ -78,3 +81,25 @@ def test_go_outliers_command(tmp_path):
     bad = subprocess.run([str(binary), "-socket", str(tmp_path / "nobody.sock")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "shmpool:" in bad.stderr
+
+
+def test_c_example_across_a_server_kill_and_restart(c_built, tmp_path):
+    from serverutil import ServerProcess
+    example = str(c_built / "example")
+    sock = tmp_path / "c.sock"
+    first = ServerProcess(sock, "--workers", "1").start()
+    ok = subprocess.run([example, str(sock)], capture_output=True, text=True, timeout=60)
+    assert ok.stdout.strip() == "[7 113 835]", ok.stderr
+    first.stop(signal.SIGKILL)
+    t0 = time.monotonic()
+    down = subprocess.run([example, str(sock)], capture_output=True, text=True, timeout=60)
+    assert down.returncode != 0 and time.monotonic() - t0 < 5
+    second = ServerProcess(sock, "--workers", "1").start()
+    try:
+        again = subprocess.run([example, str(sock)], capture_output=True, text=True, timeout=60)
+        assert again.stdout.strip() == "[7 113 835]", again.stderr
+    finally:
+        assert second.stop() == 0
+    from shmpool._backend.segment import reap_orphans
+    reap_orphans()                 # the SIGKILLed server's own segments
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"shmpool-{first.proc.pid}-")]

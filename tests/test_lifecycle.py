@@ -176,3 +176,16 @@ def test_reaper_spares_live_owners_and_foreign_names(tmp_path):
         finally:
             os.unlink(f"/dev/shm/{other}")
             os.rmdir(f"/dev/shm/{a_dir}")
+
+
+def test_cleanup_command_reaps_only_orphans():
+    orphan = "shmpool-999999999-1-00112233aabbccdd"     # no such pid
+    with open(f"/dev/shm/{orphan}", "wb"):
+        pass
+    with Segment.create(1, L.KIND_DATA) as live:
+        r = subprocess.run([PY, "-m", "shmpool", "cleanup"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0
+        assert f"unlinked /dev/shm/{orphan}" in r.stdout and live.name not in r.stdout
+        assert not os.path.exists(f"/dev/shm/{orphan}")
+        assert os.path.exists(f"/dev/shm/{live.name}")

@@ -97,3 +97,43 @@ func TestServerNoLeftoverSegments(t *testing.T) {
 		t.Errorf("segments of this process left in /dev/shm: %v", left)
 	}
 }
+
+// TestDetectorExceptionArrivesAsError: a Python detector that raises comes
+// back as an *Error carrying the exception's type, message and traceback,
+// and the next call on the same Client works.
+func TestDetectorExceptionArrivesAsError(t *testing.T) {
+	if testServer.kind != "python" {
+		t.Skip("needs a real Python server to load a custom detector")
+	}
+	socket := filepath.Join(testServer.logDir, "detector.sock")
+	p, err := startPythonServer(socket, filepath.Join(testServer.logDir, "detector.log"),
+		"--detector", "shmpool.testing:fail_on_negative")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	c, err := Dial(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Detect([]float64{1, -2, 3})
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	if e.Status != StatusDetectorError || e.Type != "ValueError" ||
+		!strings.Contains(e.Message, "negative value -2.0 at index 1") ||
+		!strings.Contains(e.Traceback, "fail_on_negative") {
+		t.Fatalf("error does not carry the exception: %+v", e)
+	}
+	if !strings.HasPrefix(err.Error(), "shmpool: ") {
+		t.Errorf("error text %q", err.Error())
+	}
+	x := make([]float64, 100)
+	x[42] = 9
+	idx, err := c.Detect(x)
+	if err != nil || len(idx) != 1 || idx[0] != 42 {
+		t.Fatalf("next call: %v %v", idx, err)
+	}
+}

@@ -113,7 +113,7 @@ func pythonPath() string {
 	return "python3"
 }
 
-func startPythonServer(socket, logPath string) (*serverProc, error) {
+func startPythonServer(socket, logPath string, extra ...string) (*serverProc, error) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		return nil, err
@@ -122,7 +122,8 @@ func startPythonServer(socket, logPath string) (*serverProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(pythonPath(), "-m", "shmpool", "serve", "--socket", socket, "--workers", "2")
+	args := append([]string{"-m", "shmpool", "serve", "--socket", socket, "--workers", "2"}, extra...)
+	cmd := exec.Command(pythonPath(), args...)
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = withoutEnv(os.Environ(), "SHMPOOL_SOCKET")
