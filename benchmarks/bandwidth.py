@@ -26,6 +26,16 @@ import numpy as np
 KERNELS = {"np.maximum.reduce": np.maximum.reduce, "np.add.reduce": np.add.reduce}
 
 
+def _reap(workers, pipes) -> None:
+    """Join the measuring processes (killing any that hang) and close their pipes."""
+    for p in workers:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for r in pipes:
+        r.close()
+
 def _reader(path, lo, hi, barrier, conn, trials):
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
@@ -88,13 +98,7 @@ def measure(nbytes: int, procs: int, trials: int) -> dict:
                 per_kernel[name] = {"best_gb_s": max(bws) / 1e9, "median_gb_s": float(np.median(bws)) / 1e9,
                                     "trials_gb_s": [b / 1e9 for b in bws]}
         finally:
-            for p in workers:
-                p.join(30)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-            for r in pipes:
-                r.close()
+            _reap(workers, pipes)
     finally:
         try:
             os.unlink(path)
@@ -184,13 +188,7 @@ def measure_parallel_kernel(n: int, procs: int, trials: int, seed: int = 0) -> d
                     p1.append(max(s[1] for s in spans) - min(s[0] for s in spans))
                     p2.append(max(s[2] for s in spans) - max(s[1] for s in spans))
         finally:
-            for p in workers:
-                p.join(30)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-            for r in pipes:
-                r.close()
+            _reap(workers, pipes)
     finally:
         mm.close()
     return {"n": n, "processes": procs, "trials": trials, "pass1_s": float(np.median(p1)),

@@ -389,7 +389,7 @@ def markdown(doc: dict) -> str:
                          f"compute, without the pool): pass 1 {fmt_t(pk['pass1_s'])}, pass 2 "
                          f"{fmt_t(pk['pass2_s'])}, together **{fmt_t(pk['total_s'])}**"
                          + (f" = {pk['total_s'] / floor:.2f}x the floor" if floor else "")
-                         + f". " + _pool_cost(b["zero_copy_detect_s"], pk["total_s"]))
+                         + ". " + _pool_cost(b["zero_copy_detect_s"], pk["total_s"]))
             L.append(f"- The copy-in path adds about {fmt_t(b['copy_in_s'])}: np.copyto of the input into "
                      f"shared memory, on the calling thread.")
             L.append("")

@@ -30,7 +30,6 @@ import argparse
 import datetime
 import gc
 import glob
-import json
 import math
 import os
 import platform

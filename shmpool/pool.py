@@ -115,10 +115,7 @@ class Pool(CallForms):
             workers = len(os.sched_getaffinity(0))
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
-        detectors.check_spec(detector)
-        self.threshold = _check_threshold(threshold)
-        self.nan_policy = _check_policy(nan_policy)
-        self.detector = detector
+        self.detector, self.threshold, self.nan_policy = _check_settings(detector, threshold, nan_policy)
         self.workers = workers
         self.timeout = timeout
         self.startup_timeout = startup_timeout
@@ -617,6 +614,12 @@ def _emergency_cleanup(owned: set[str], procs: list) -> None:
         except OSError:
             pass
     owned.clear()
+
+
+def _check_settings(detector, threshold, nan_policy) -> tuple[str, float, str]:
+    """A pool's (detector, threshold, nan_policy), checked; shared by every pool."""
+    detectors.check_spec(detector)
+    return detector, _check_threshold(threshold), _check_policy(nan_policy)
 
 
 def _check_threshold(k) -> float:

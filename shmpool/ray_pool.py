@@ -24,7 +24,7 @@ from . import detectors
 from ._forms import CallForms
 from .errors import (DetectorError, DetectTimeout, PoolClosed, RemoteTraceback,
                      ShmpoolError, WorkerDied)
-from .pool import SPLIT_MIN, _as_real_1d, _check_policy, _check_threshold
+from .pool import SPLIT_MIN, _as_real_1d, _check_policy, _check_settings, _check_threshold
 
 
 def _stats_task(x, a, b, nan_policy):
@@ -61,10 +61,7 @@ class RayPool(CallForms):
             import ray
         except ImportError:
             raise ImportError("RayPool needs Ray: pip install 'shmpool[ray]'") from None
-        detectors.check_spec(detector)
-        self.threshold = _check_threshold(threshold)
-        self.nan_policy = _check_policy(nan_policy)
-        self.detector = detector
+        self.detector, self.threshold, self.nan_policy = _check_settings(detector, threshold, nan_policy)
         self._ray = ray
         self._owns_ray = False
         if address is not None:
