@@ -309,7 +309,7 @@ class Ray(Method):
         self.ray = ray
         if not ray.is_initialized():
             ray.init(num_cpus=self.cores, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, object_store_memory=2 * 2**30)
+                     configure_logging=False, object_store_memory=2**30)
         from shmpool.ray_pool import RayPool
         self.pool = RayPool(chunks=self.cores)
 

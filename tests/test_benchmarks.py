@@ -101,7 +101,8 @@ def test_quick_run_with_go(tmp_path):
     assert shutil.which("go"), "go is required (the README's set-up uses it)"
     out, doc, proc = run_quick(tmp_path, "--max-size", "1e5")
     assert doc["sizes"] == [10**3, 10**4, 10**5]
-    assert_outputs(out, doc, proc, PYTHON_METHODS + GO_METHODS)
+    # RayPool is held to its row in the run above; here the Go rows are the point
+    assert_outputs(out, doc, proc, [m for m in PYTHON_METHODS if m != "ray"] + GO_METHODS)
     assert {t["id"]: t["met"] for t in doc["targets"]}["go_n1e3_vs_grpc"] in (True, False)
     assert doc["meta"]["go_version"].startswith("go version")
 
