@@ -27,12 +27,14 @@ MET or NOT MET.  Output: DIR/results.md, DIR/results.png, DIR/results.json.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime
 import gc
 import glob
 import math
 import os
 import platform
+import pstats
 import shutil
 import signal
 import subprocess
@@ -393,11 +395,22 @@ def diag_size(sizes: list[int]) -> int | None:
     return max((n for n in sizes if n >= 10**6), default=None)
 
 
+def profile_per_call(call, calls: int) -> list[tuple[str, float, float, float]]:
+    """cProfile *calls* runs of call(): (function, calls, own s, cumulative s)
+    per run, heaviest own time first."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        call()
+    prof.disable()
+    rows = [(f"{Path(file).name}:{line}({fn})" if line else fn, nc / calls, tt / calls, ct / calls)
+            for (file, line, fn), (_cc, nc, tt, ct, _) in pstats.Stats(prof).stats.items()]
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed: int, quick: bool) -> dict:
     """Where shmpool's time goes: host-side profile of a small call, per-worker kernel cost
     of a large one, and the copy-in cost."""
-    import cProfile
-    import pstats
 
     from shmpool import detectors
 
@@ -420,18 +433,9 @@ def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed
         calls = 2000 if quick else 20000
         for _ in range(200):
             pool.detect(x)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(calls):
-            pool.detect(x)
-        prof.disable()
-        st = pstats.Stats(prof)
-        rows = []
-        for (file, line, fn), (cc, nc, tt, ct, _) in st.stats.items():
-            rows.append({"function": f"{Path(file).name}:{line}({fn})" if line else fn,
-                         "calls_per_detect": nc / calls, "tottime_us_per_detect": tt / calls * 1e6,
-                         "cumtime_us_per_detect": ct / calls * 1e6})
-        rows.sort(key=lambda r: -r["tottime_us_per_detect"])
+        rows = [{"function": f, "calls_per_detect": nc, "tottime_us_per_detect": tt * 1e6,
+                 "cumtime_us_per_detect": ct * 1e6}
+                for f, nc, tt, ct in profile_per_call(lambda: pool.detect(x), calls)]
         out["n1000_profile"] = {
             "calls": calls,
             "note": ("cProfile of the host side of pool.detect(x), x an ndarray of 1,000 floats; the time in "
@@ -460,17 +464,8 @@ def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed
             t_copy = med(lambda: np.copyto(buf, x), reps)
             t_zc = med(lambda: pool.detect(buf), reps)
             buf[:] = x
-            prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(reps):
-                pool.detect(buf)
-            prof.disable()
-            st = pstats.Stats(prof)
-            rows = []
-            for (file, line, fn), (cc, nc, tt, ct, _) in st.stats.items():
-                rows.append({"function": f"{Path(file).name}:{line}({fn})" if line else fn,
-                             "calls_per_detect": nc / reps, "tottime_ms_per_detect": tt / reps * 1e3})
-            rows.sort(key=lambda r: -r["tottime_ms_per_detect"])
+            rows = [{"function": f, "calls_per_detect": nc, "tottime_ms_per_detect": tt * 1e3}
+                    for f, nc, tt, _ in profile_per_call(lambda: pool.detect(buf), reps)]
         finally:
             del buf
             gc.collect()
