@@ -1,19 +1,20 @@
 """shmpool: outlier detection on a pool of worker processes fed through
 POSIX shared memory.  See README.md and docs/LAYOUT.md."""
 
-from .detectors import reference
-from .errors import (BrokenPool, DetectorError, DetectTimeout, NonFiniteError,
-                     PoolClosed, ProtocolError, ResultTooSmall, SegmentError,
-                     SegmentLayoutError, SegmentNotFound, SegmentPermission,
-                     SegmentSpaceError, ShmpoolError, WorkerDied)
+from .detectors import Params, SplitDetector, reference
+from .errors import (BrokenPool, DetectorError, DetectTimeout, NonFiniteError, PoolClosed,
+                     ProtocolError, ResultTooSmall, SegmentError, SegmentLayoutError,
+                     SegmentNotFound, SegmentPermission, SegmentSpaceError, ServerUnavailable,
+                     ShmpoolError, UntrustedServer, WorkerDied)
 from .pool import Pool
 from .returns import ReturnSegment
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Pool", "ReturnSegment", "reference", "ShmpoolError", "PoolClosed", "BrokenPool",
-    "WorkerDied", "DetectTimeout", "DetectorError", "NonFiniteError", "ResultTooSmall",
-    "SegmentError", "SegmentNotFound", "SegmentPermission", "SegmentLayoutError",
-    "SegmentSpaceError", "ProtocolError",
+    "Pool", "ReturnSegment", "SplitDetector", "Params", "reference", "ShmpoolError", "PoolClosed",
+    "BrokenPool", "WorkerDied", "DetectTimeout", "DetectorError", "NonFiniteError",
+    "ResultTooSmall", "SegmentError", "SegmentNotFound", "SegmentPermission",
+    "SegmentLayoutError", "SegmentSpaceError", "ServerUnavailable", "UntrustedServer",
+    "ProtocolError",
 ]

@@ -55,7 +55,7 @@ def _cleanup(args) -> int:
 def _serve(args) -> int:
     from .server import serve
 
-    return serve(socket_path=args.socket, workers=args.workers, detector=args.detector,
+    return serve(socket_path=args.socket, workers=args.workers, detector=args.detector or ["classic"],
                  threshold=args.threshold, nan_policy=args.nan_policy, timeout=args.timeout,
                  memory_limit=args.memory_limit)
 
@@ -79,7 +79,9 @@ def main(argv=None) -> int:
     s.add_argument("--socket", default=None, help="socket path (default: $SHMPOOL_SOCKET, "
                    "else /tmp/shmpool-<uid>.sock)")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
-    s.add_argument("--detector", default="classic", help="'classic' or 'package.module:function'")
+    s.add_argument("--detector", action="append", default=None, metavar="NAME",
+                   help="'classic' or 'package.module:name'; repeat to serve several (the "
+                        "first is the default); default: classic")
     s.add_argument("--threshold", type=float, default=2.0)
     s.add_argument("--nan-policy", default="raise", choices=["raise", "omit", "propagate"])
     s.add_argument("--timeout", type=float, default=None, help="per-call limit in seconds")

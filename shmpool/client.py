@@ -1,108 +1,269 @@
-"""A Python host of ``shmpool serve``: the protocol of docs/LAYOUT.md from
-Python, for services outside the server's process (and for its tests).
+"""A Python host of ``shmpool serve``: docs/LAYOUT.md from Python, for
+services outside the server's process (and for its tests).
 
-One Client is one connection: calls on it are serialised by a lock.
+    Client ──connect, check the server's uid, INFO──> server ──hands it to──> worker
+           ──lanes: one connection per worker, dialed as calls need them──────┘
+
+A Client is safe to use from many threads: each call takes a lane (a
+connection and its segments); a large array is split over up to one lane per
+worker, like the Pool splits it.  A lane that times out is closed, never
+reused (a late reply would be read as the next one's).
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+import os
 import socket
 import threading
+import time
 
 import numpy as np
 
 from . import layout as L
 from ._backend.segment import Segment
-from .errors import PoolClosed, ProtocolError, from_status
-from .server import default_socket_path
+from ._host import (LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
+                    gather, run_split, run_whole)
+from .errors import (DetectTimeout, PoolClosed, ServerUnavailable, UntrustedServer, WorkerDied,
+                     from_status)
+from .server import default_socket_path, peer_cred
+
+
+def connect(path: str, deadline: float | None) -> socket.socket:
+    """A connection to the server at *path*, retried while its backlog is full
+    (EAGAIN), checked to be a server of our own uid."""
+    delay = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            break
+        except BlockingIOError:
+            sock.close()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise ServerUnavailable(f"the server at {path} kept its backlog full until the "
+                                        "timeout") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        except OSError as e:
+            sock.close()
+            raise ServerUnavailable(f"cannot connect to {path}: {e.strerror or e}") from None
+    try:
+        _pid, uid = peer_cred(sock)
+    except OSError as e:
+        sock.close()
+        raise ServerUnavailable(f"cannot check the server at {path}: {e}") from None
+    if uid != os.geteuid():
+        sock.close()
+        raise UntrustedServer(f"the server at {path} runs as uid {uid}, not {os.geteuid()}; "
+                              "refusing to send it anything")
+    return sock
 
 
 class Client:
-    _sock: socket.socket | None = None
+    """Connections to one ``shmpool serve``.
+
+    ``Client(socket_path=None, timeout=30.0)``: *timeout* (seconds, None or
+    inf for none) bounds connecting and every call.
+    """
+
+    _lanes: Lanes | None = None
 
     def __init__(self, socket_path: str | None = None, timeout: float | None = 30.0):
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._data: Segment | None = None
-        self._out: Segment | None = None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.settimeout(timeout)
+        self.path = socket_path or default_socket_path()
+        self.timeout = timeout
+        deadline_of(timeout)                      # checks it
+        self._dial_lock = threading.Lock()
+        self._lanes = Lanes([])
+        self._raw = threading.Lock()
+        lane = self._dial()
+        self._lanes.all.append(lane)
+        info = self.info(lane)
+        self.workers = int(info.values[L.INFO_WORKERS])
+        self.rows = L.parse_table(info.message)
+
+    # -- lanes --------------------------------------------------------------------
+
+    def _dial(self) -> Lane:
+        sock = connect(self.path, deadline_of(self.timeout))
+        return Lane(sock, len(self._lanes.all))
+
+    def _segments(self, lane: Lane) -> None:
+        if lane.data is None:
+            lane.data = Segment.create(LANE_INPUT, L.KIND_DATA)
+            lane.result = Segment.create(LANE_RESULT, L.KIND_RESULT)
+
+    def _take(self, token: object, want: int, deadline) -> list[Lane]:
+        with self._dial_lock:
+            while len(self._lanes.all) < want or self._lanes.busy() == len(self._lanes.all):
+                if len(self._lanes.all) >= max(want, 4 * self.workers):
+                    break
+                lane = self._dial()
+                self.info(lane)
+                with self._lanes.cond:
+                    self._lanes.all.append(lane)
+        return self._lanes.take(token, want, deadline, lambda: PoolClosed("the client is closed"))
+
+    def _settle(self, token: object, broken: Lane | None = None) -> None:
+        with self._lanes.cond:
+            for lane in list(self._lanes.all):
+                if lane.holder is token and (lane.pending or lane is broken):
+                    self._lanes.all.remove(lane)      # state unknown: never reused
+                    lane.close()
+        self._lanes.release(token)
+
+    # -- calls --------------------------------------------------------------------
+
+    def info(self, lane: Lane | None = None) -> L.Reply:
+        """The INFO reply of one connection's worker (docs/LAYOUT.md 2.5)."""
+        if lane is None:
+            return self.request(L.Request(L.Op.INFO))
         try:
-            sock.connect(socket_path or default_socket_path())
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
+            r = lane.reply(lane.exchange(lane.packet(L.Op.INFO, 0, 0, 0, 0, 0),
+                                         deadline_of(self.timeout)))
+        except (LaneBroken, LaneTimeout) as e:
+            lane.close()
+            raise ServerUnavailable(f"the server at {self.path} did not answer INFO: {e}") from None
+        if r.status != L.Status.OK:
+            lane.close()
+            raise from_status(r.status, r.error_type, r.message)
+        lane.worker, lane.pid = int(r.values[L.INFO_WORKER]), int(r.values[L.INFO_PID])
+        return r
 
     def request(self, req: L.Request) -> L.Reply:
-        """Send one request, return its reply (whatever its status)."""
-        with self._lock:
-            if self._sock is None:
-                raise PoolClosed("the client is closed")
-            self._sock.sendall(L.pack_request(req))
-            buf = self._sock.recv(L.MAX_REPLY)
-        if not buf:
-            raise ConnectionResetError("shmpool server closed the connection")
-        reply = L.unpack_reply(buf)
-        if reply.request_id not in (req.request_id, 0):
-            raise ProtocolError(f"reply for request {reply.request_id}, expected {req.request_id}")
-        return reply
+        """Send one request on a connection of its own and return the reply,
+        whatever its status."""
+        token = object()
+        try:
+            [lane] = self._take(token, 1, deadline_of(self.timeout))
+            lane.rid += 1
+            return lane.reply(lane.exchange(L.pack_request(req._replace(request_id=lane.rid)),
+                                            deadline_of(self.timeout)))
+        except LaneTimeout:
+            raise DetectTimeout(f"no reply within {self.timeout} s; the connection was "
+                                "closed") from None
+        except LaneBroken as e:
+            raise ServerUnavailable(f"the server dropped the connection: {e}") from None
+        finally:
+            self._settle(token)
 
     def send_raw(self, packet: bytes) -> L.Reply:
-        with self._lock:
-            self._sock.sendall(packet)
-            return L.unpack_reply(self._sock.recv(L.MAX_REPLY))
+        """Send any bytes as one packet; the reply (for tests of bad requests)."""
+        token = object()
+        try:
+            [lane] = self._take(token, 1, deadline_of(self.timeout))
+            return L.unpack_reply(memoryview(lane.buf)[:lane.exchange(packet, deadline_of(self.timeout))])
+        finally:
+            self._settle(token)
 
     def ping(self) -> None:
-        r = self.request(L.Request(L.OP_PING, next(self._ids)))
+        r = self.request(L.Request(L.Op.PING))
         if r.status != L.Status.OK:
             raise from_status(r.status, r.error_type, r.message)
 
     def detect_segments(self, data_name: str, start: int, count: int, out_name: str,
-                        threshold: float = float("nan"), nan_policy: int = L.POLICY_DEFAULT) -> L.Reply:
-        return self.request(L.Request(L.OP_DETECT, next(self._ids), start, count, threshold,
-                                      nan_policy, data_name, out_name))
+                        threshold: float = math.nan, nan_policy: int = L.POLICY_DEFAULT,
+                        detector: int = 0) -> L.Reply:
+        """DETECT over a data segment into a result segment, both of the caller's."""
+        return self.request(L.Request(L.Op.DETECT, 0, start, count, 0, detector, nan_policy,
+                                      () if math.isnan(threshold) else (threshold,),
+                                      data_name, out_name))
 
-    def detect(self, x, threshold: float = float("nan"), nan_policy: int = L.POLICY_DEFAULT) -> np.ndarray:
-        """Copy x into this client's data segment and detect; returns a new array."""
+    def detect(self, x, threshold: float = math.nan, nan_policy: int = L.POLICY_DEFAULT,
+               detector: str | None = None) -> np.ndarray:
+        """Copy x into shared memory and detect, split over the server's workers
+        when it is large; returns a new array."""
         x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"detect() needs a 1-D array; got shape {x.shape}")
+        row = 0 if detector is None else [r.name for r in self.rows].index(detector)
+        params = () if math.isnan(threshold) else (float(threshold),)
         n = len(x)
-        if self._data is None or self._data.capacity < n:
-            self._replace("_data", Segment.create(max(n, 1024), L.KIND_DATA))
-        if self._out is None:
-            self._replace("_out", Segment.create(1024, L.KIND_RESULT))
-        self._data.region()[:n] = x
-        self._data.set_count(n)
-        while True:
-            r = self.detect_segments(self._data.name, 0, n, self._out.name, threshold, nan_policy)
-            if r.status == L.Status.TOO_SMALL:
-                self._replace("_out", Segment.create(r.needed, L.KIND_RESULT))
-                continue
-            if r.status != L.Status.OK:
-                raise from_status(r.status, r.error_type, r.message, r.traceback, r.needed)
-            return self._out.region()[:r.count].copy()
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        k = L.split_count(n, self.workers) if self.rows[row].split else 1
+        deadline = deadline_of(self.timeout)
+        for attempt in (0, 1):
+            token = object()
+            broken = None
+            try:
+                lanes = self._take(token, k, deadline)
+                for lane in lanes:
+                    self._segments(lane)
+                if k == 1:
+                    return self._whole(lanes[0], x, row, nan_policy, params, deadline)
+                return self._split(lanes, x, row, nan_policy, params, deadline)
+            except LaneTimeout as e:
+                broken = e.lane
+                raise DetectTimeout(f"no reply within {self.timeout} s; the connection was "
+                                    "closed") from None
+            except LaneBroken as e:
+                broken = e.lane
+                if not e.sent and attempt == 0:
+                    continue             # its worker had died while the connection idled
+                raise WorkerDied(f"the worker serving this connection died during the call "
+                                 f"({e})") from None
+            finally:
+                self._settle(token, broken)
+        raise AssertionError("unreachable")
 
-    def _replace(self, attr: str, seg: Segment) -> None:
-        old = getattr(self, attr)
-        setattr(self, attr, seg)
+    def _whole(self, lane: Lane, x: np.ndarray, row: int, policy: int, params, deadline):
+        n = len(x)
+        own = n <= lane.data.capacity
+        data = lane.data if own else Segment.create(n, L.KIND_DATA)
+        try:
+            if not own:
+                data.region()[:n] = x
+                data.set_count(n)
+            for _ in range(3):
+                count, needed = run_whole(lane, data.name, 0, n, lane.result, row, policy,
+                                          params, deadline, x if own else None)
+                if count == needed:
+                    return lane.result.region()[:count].copy()
+                self._grow(lane, needed)
+            raise ServerUnavailable("the answer kept outgrowing its result segment")
+        finally:
+            if not own:
+                data.close()
+                data.unlink()
+
+    def _split(self, lanes: list[Lane], x: np.ndarray, row: int, policy: int, params, deadline):
+        n = len(x)
+        staging = Segment.create(n, L.KIND_DATA)
+        try:
+            staging.set_count(n)
+            region = staging.region()
+            parts = run_split(lanes, staging.name, 0, n, row, policy, params, deadline,
+                              self._grow, lambda i, a, b: np.copyto(region[a:b], x[a:b]))
+            return gather(parts, None)
+        finally:
+            staging.close()
+            staging.unlink()
+
+    def _grow(self, lane: Lane, needed: int) -> None:
+        old = lane.result
+        lane.result = Segment.create(1 << max(needed - 1, 1).bit_length(), L.KIND_RESULT)
+        lane.template = None
         if old is not None:
             old.close()
             old.unlink()
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        for attr in ("_data", "_out"):
-            seg = getattr(self, attr, None)
-            if seg is not None:
-                seg.close()
-                seg.unlink()
-            setattr(self, attr, None)
+        lanes = self._lanes
+        if lanes is None:
+            return
+        with lanes.cond:
+            lanes.closed = True
+            all_lanes, lanes.all = lanes.all, []
+            lanes.cond.notify_all()
+        for lane in all_lanes:
+            lane.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+__all__ = ["Client", "connect"]

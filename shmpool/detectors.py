@@ -1,29 +1,34 @@
-"""The detectors: the classic k-sigma kernel, its split/combine, custom loading.
+"""Detectors: the split-detector interface, the classic k-sigma detector, loading by name.
 
-The classic detector flags ``i`` where ``|x[i] - mean(x)| > k * std(x)``
-(population std, strict ``>``).  ``reference`` is numpy's one-liner, the
-answer every test compares against.  The kernel here computes the same thing
-in two read passes over 64K-element blocks that stay in cache:
+A *split* detector runs over any number of chunks of one array in three steps,
+which is how every pool and every host spreads a large array over workers::
 
-    pass 1  chunk_stats      per block: sum -> block mean -> sum of squared
-                             deviations; blocks merged with Chan's formula
-                             (fused in C beyond one block: shmpool/_kernel.c)
-    combine combine/limits   merge the chunks' (n, mean, M2) exactly once and
-                             derive the cut-off k * sqrt(M2 / n)
-    pass 2  flag_into        |x - mean| > cut-off -> indices, written straight
-                             into the result segment (C, one read of x)
+    chunk 0 ──summarize──> summary 0 ─┐
+    chunk 1 ──summarize──> summary 1 ─┼──combine (once)──> flag parameters
+    ...                               ┘                          │
+    chunk i ──flag(flag parameters)──> indices of chunk i + its start
+    answer = the chunks' indices, concatenated in order
 
-A pool splits a big array into chunks, runs pass 1 on each chunk in its own
-worker, combines on the host, then runs pass 2 per chunk.  One worker running
-the whole array does the same three steps.  Both pools and every worker use
-these functions; there is no second copy of the arithmetic.
+A summary and the flag parameters are a few float64 values, so they cross a
+socket in one small packet (docs/LAYOUT.md 2.5).  One worker running a whole
+array does the same three steps on one chunk (``SplitDetector.detect``).
 
-Up to one block (65,536 values) the arithmetic is numpy's own, operation for
-operation (pass 2 in shmpool/_kernel.c does the same subtract, fabs and
-compare), so the answer is bit-identical to ``reference``.  Beyond that the
-blocks' statistics are merged in another order than numpy's pairwise sum, so
-the two can differ only for values within a few ulps of the cut-off
-(``assert_matches_reference`` in the tests bounds that band).
+``Classic`` is the built-in instance: ``|x[i] - mean| > k * std`` (population
+std, strict ``>``).  ``reference`` is numpy's one-liner, its definition.  Its
+summary is (n, mean, M2, non-finite count, first non-finite index):
+
+    summarize  up to 65,536 values: numpy's own arithmetic (pairwise sums), so
+               the answer is bit-identical to ``reference``; beyond, blocks of
+               65,536 summed relative to the first block's mean (the error
+               follows the data's spread, not its magnitude), merged exactly
+               like chunks are
+    combine    Chan et al.'s merge in chunk order, then the cut-off k*sqrt(M2/n)
+    flag       |x - mean| > cut-off, NaN and inf never counted
+
+shmpool/_native.c runs the same arithmetic in C (same operations in the same
+order, so the same bits); the numpy code here is the fallback and the
+reference for it.  A plain ``package.module:function`` detector runs whole on
+one worker (``FunctionDetector``).
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _kernel
+from . import layout as L
+from ._backend.native import native
 from .errors import DetectorError, NonFiniteError
 
-BLOCK = 1 << 16          # elements per block: 512 KiB, sits in L2
+BLOCK = 1 << 16          # values summed as one block: 512 KiB, sits in L2
 NAN_POLICIES = ("raise", "omit", "propagate")
 CLASSIC = "classic"
 
@@ -46,195 +53,409 @@ CLASSIC = "classic"
 def reference(x, threshold: float = 2.0) -> np.ndarray:
     """numpy's one-liner: the definition of the classic detector."""
     x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return np.empty(0, dtype=np.int64)
     return np.where(np.abs(x - x.mean()) > threshold * x.std())[0]
 
+
+class Params:
+    """One call's parameters: ``p.threshold`` (any of the detector's names),
+    ``p.nan_policy`` ("raise", "omit", "propagate") and ``p.base`` (where the
+    chunk starts within the call; 0 for a whole call)."""
+
+    __slots__ = ("_values", "nan_policy", "base")
+
+    def __init__(self, values: Mapping[str, float], nan_policy: str = "raise", base: int = 0):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "nan_policy", nan_policy)
+        object.__setattr__(self, "base", base)
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}; this call has {sorted(self._values)}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Params are read-only")
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self._values)
+
+    def _replace(self, **kw) -> "Params":
+        return Params(kw.get("values", self._values), kw.get("nan_policy", self.nan_policy),
+                      kw.get("base", self.base))
+
+    def __repr__(self):
+        return f"Params({self._values}, nan_policy={self.nan_policy!r}, base={self.base})"
+
+
+class SplitDetector:
+    """Subclass this to write a detector that every pool and host can split.
+
+    Set ``params`` (the per-call float parameters and their defaults, in the
+    order hosts send them; at most 8) and ``summary_size`` (float64 values in
+    one chunk's summary; at most 64), and implement:
+
+    * ``summarize(x, p)``: a chunk's summary, ``summary_size`` floats.  *x* is
+      a read-only float64 view of the chunk.
+    * ``combine(summaries, p)``: *summaries* is a (chunks, summary_size)
+      array in chunk order; return the flag parameters (at most 8 floats),
+      or None when nothing can be flagged.  Runs once per call.
+    * ``flag(x, cut, p)``: the indices of the chunk to report, relative to
+      *x*, given *cut* (the flag parameters as a float64 array).
+
+    Optionally ``check(p)`` raises ValueError for bad parameter values.  The
+    answer for a whole array, ``detect(x, p)``, is the three on one chunk.
+    Any exception reaches the caller as DetectorError with its traceback.
+    """
+
+    params: Mapping[str, float] = {}
+    summary_size: int = 0
+
+    def check(self, p: Params) -> None:
+        """Raise ValueError when a parameter value is unusable."""
+
+    def summarize(self, x: np.ndarray, p: Params) -> Sequence[float]:
+        raise NotImplementedError
+
+    def combine(self, summaries: np.ndarray, p: Params) -> Sequence[float] | None:
+        raise NotImplementedError
+
+    def flag(self, x: np.ndarray, cut: np.ndarray, p: Params) -> Any:
+        raise NotImplementedError
+
+    def detect(self, x: np.ndarray, p: Params) -> np.ndarray:
+        cut = self.combine(np.asarray([self.summarize(x, p)], dtype=np.float64), p)
+        if cut is None:
+            return np.empty(0, dtype=np.int64)
+        return check_indices(self.flag(x, np.asarray(cut, dtype=np.float64), p), len(x))
+
+
+# -- the classic detector ---------------------------------------------------------
 
 class Stats(NamedTuple):
     n: int = 0                 # finite values counted
     mean: float = 0.0
     m2: float = 0.0            # sum of squared deviations from mean
     nonfinite: int = 0         # NaN and inf values seen
-    first_nonfinite: int = -1  # index of the first one, relative to the chunk base
+    first_nonfinite: int = -1  # index of the first one (+ base), -1 if none
 
 
-def merge(a: Stats, b: Stats, b_offset: int = 0) -> Stats:
-    """Chan et al.'s pairwise update: the statistics of a followed by b."""
-    first = a.first_nonfinite
-    if first < 0 and b.first_nonfinite >= 0:
-        first = b.first_nonfinite + b_offset
+def merge(a: Stats, b: Stats) -> Stats:
+    """Chan et al.'s pairwise update: the statistics of a followed by b
+    (docs/LAYOUT.md 4.1, the same in every language)."""
+    first = a.first_nonfinite if a.first_nonfinite >= 0 else b.first_nonfinite
+    bad = a.nonfinite + b.nonfinite
     if b.n == 0:
-        return a._replace(nonfinite=a.nonfinite + b.nonfinite, first_nonfinite=first)
+        return Stats(a.n, a.mean, a.m2, bad, first)
     if a.n == 0:
-        return Stats(b.n, b.mean, b.m2, a.nonfinite + b.nonfinite, first)
+        return Stats(b.n, b.mean, b.m2, bad, first)
     n = a.n + b.n
     delta = b.mean - a.mean
     mean = a.mean + delta * (b.n / n)
     m2 = a.m2 + b.m2 + delta * delta * (a.n * b.n / n)
-    return Stats(n, mean, m2, a.nonfinite + b.nonfinite, first)
+    return Stats(n, mean, m2, bad, first)
 
 
-def chunk_stats(x: np.ndarray, nan_policy: str) -> Stats:
-    """Pass 1 over one chunk (a contiguous 1-D float64 array)."""
-    if len(x) > BLOCK:
-        fast = _kernel.chunk_stats(x)        # None when some value is NaN or inf
-        if fast is not None:
-            return Stats(*fast)
-    acc = Stats()
-    for i in range(0, len(x), BLOCK):
-        b = x[i:i + BLOCK]
-        s = float(b.sum())
-        bad = 0
-        first = -1
+def _sum(x: np.ndarray) -> float:
+    return float(np.add.reduce(x))        # 0.0 + numpy's pairwise sum
+
+
+def _finite_stats(x: np.ndarray) -> Stats | None:
+    """Stats of a chunk without NaN/inf, or None if it has some (or a sum
+    overflows).  Mirrors _native.chunk_stats operation for operation."""
+    n = len(x)
+    if n <= BLOCK:
+        s = _sum(x)
         if not math.isfinite(s):
-            finite = np.isfinite(b)
-            bad = len(b) - int(np.count_nonzero(finite))
-            if bad:
-                first = i + int(np.argmin(finite))
-                if nan_policy != "omit":
-                    acc = merge(acc, Stats(0, 0.0, 0.0, bad, first))
-                    continue
-                b = b[finite]
-                s = float(b.sum())
-        nb = len(b)
-        if nb == 0:
-            acc = merge(acc, Stats(0, 0.0, 0.0, bad, first))
-            continue
-        mb = s / nb
-        d = b - mb
-        np.multiply(d, d, out=d)    # numpy's own var() arithmetic: bit-equal up to one block
-        acc = merge(acc, Stats(nb, mb, float(d.sum()), bad, first))
-    return acc
+            return None
+        mean = s / n
+        d = x - mean
+        np.multiply(d, d, out=d)
+        return Stats(n, mean, _sum(d))
+    shift = _sum(x[:BLOCK]) / BLOCK
+    if not math.isfinite(shift):
+        return None
+    acc = Stats()
+    for i in range(0, n, BLOCK):
+        d = x[i:i + BLOCK] - shift
+        s = _sum(d)
+        if not math.isfinite(s):
+            return None
+        mb = s / len(d)
+        d -= mb
+        np.multiply(d, d, out=d)
+        acc = merge(acc, Stats(len(d), mb, _sum(d)))
+    return Stats(acc.n, shift + acc.mean, acc.m2)
 
 
-def split(n: int, k: int) -> list[tuple[int, int]]:
-    """k contiguous chunks covering [0, n), boundaries on 64-byte multiples.
-    Every pool splits this way, so equal k gives equal answers."""
-    bounds = [(n * i // k) // 8 * 8 for i in range(k)] + [n]
-    return list(zip(bounds[:-1], bounds[1:]))
+def chunk_stats(x: np.ndarray, nan_policy: str, base: int = 0) -> Stats:
+    """The classic summary of one chunk (a contiguous float64 array)."""
+    n = len(x)
+    if n == 0:
+        return Stats()
+    fast = native.chunk_stats(x) if native is not None else _finite_stats(x)
+    if fast is not None:
+        return Stats(*fast)
+    finite = np.isfinite(x)
+    good = int(np.count_nonzero(finite))
+    bad = n - good
+    if bad == 0:                      # finite values whose sums overflow
+        return _overflowing_stats(x)
+    first = base + int(np.argmin(finite))
+    if nan_policy != "omit":
+        return Stats(0, 0.0, 0.0, bad, first)
+    kept = _finite_stats(x[finite]) if good else Stats()
+    if kept is None:
+        kept = _overflowing_stats(x[finite])
+    return Stats(kept.n, kept.mean, kept.m2, bad, first)
 
 
-def combine(parts: list[Stats], offsets: list[int]) -> Stats:
-    total = Stats()
-    for s, off in zip(parts, offsets):
-        total = merge(total, s, off)
-    return total
+def _overflowing_stats(x: np.ndarray) -> Stats:
+    """Finite values whose statistics overflow float64: numpy's inf/NaN, for
+    combine to turn into NonFiniteError (raise) or an empty answer."""
+    with np.errstate(all="ignore"):
+        mean = _sum(x) / len(x)
+        d = x - mean
+        return Stats(len(x), mean, _sum(d * d))
 
 
 def limits(total: Stats, threshold: float, nan_policy: str) -> tuple[float, float] | None:
-    """(mean, cut-off) for pass 2, or None when no index can be flagged.
-
-    Raises NonFiniteError under nan_policy "raise" for NaN/inf in the data or
-    statistics that overflow float64.
-    """
+    """(mean, cut-off) for the flag pass, or None when no index can be flagged."""
     if total.nonfinite:
         if nan_policy == "raise":
             raise NonFiniteError(
                 f"input holds {total.nonfinite} non-finite value(s) (NaN or inf), the first at "
                 f"index {total.first_nonfinite}; pass nan_policy='omit' to skip them or "
-                f"'propagate' for numpy's result", "NonFiniteError")
+                f"'propagate' for numpy's result")
         if nan_policy == "propagate":
-            return None          # numpy: mean/std become NaN, nothing compares greater
+            return None
     if total.n == 0:
         return None
-    cut = threshold * math.sqrt(total.m2 / total.n)
+    cut = threshold * math.sqrt(total.m2 / total.n) if total.m2 >= 0 else math.nan
     if not (math.isfinite(total.mean) and math.isfinite(cut)):
         if nan_policy == "raise":
             raise NonFiniteError("the mean or standard deviation overflows float64 (values of "
-                                 "magnitude above ~1e154); rescale the data", "NonFiniteError")
+                                 "magnitude above ~1e154); rescale the data")
         return None
     return total.mean, cut
 
 
-def flag_into(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str,
-              out: np.ndarray) -> int:
-    """Pass 2 over one chunk: write base + i for each |x[i] - mean| > cut into
-    *out* (int64) while it has room; return how many there are in all.
+def flag_into(x: np.ndarray, mean: float, cut: float, base: int, out: np.ndarray) -> int:
+    """Write base + i for each |x[i] - mean| > cut into *out* (int64) while it
+    has room; return how many there are in all.  NaN and inf never count."""
+    if native is not None:
+        return native.flag_into(x, mean, cut, base, out)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(x - mean)
+        idx = np.flatnonzero((d > cut) & (d < math.inf))
+    k = min(len(idx), len(out))
+    np.add(idx[:k], base, out=out[:k])
+    return len(idx)
 
-    NaN and inf are never reported: pass 2 only sees them under "omit" (the
-    other policies end at ``limits``)."""
-    if out.dtype != np.int64:
-        raise TypeError(f"out must be int64, not {out.dtype}")
-    return _kernel.chunk_threshold(x, mean, cut, base, out)
 
-
-def chunk_threshold(x: np.ndarray, mean: float, cut: float, base: int, nan_policy: str) -> np.ndarray:
-    """Pass 2 over one chunk, as a new ascending int64 array."""
-    out = np.empty(len(x) // 8 + 16, dtype=np.int64)
-    total = flag_into(x, mean, cut, base, nan_policy, out)
+def flag(x: np.ndarray, mean: float, cut: float, base: int = 0) -> np.ndarray:
+    """The flag pass as a new ascending int64 array."""
+    out = np.empty(len(x) // 16 + 16, dtype=np.int64)
+    total = flag_into(x, mean, cut, base, out)
     if total > len(out):
         out = np.empty(total, dtype=np.int64)
-        flag_into(x, mean, cut, base, nan_policy, out)
+        flag_into(x, mean, cut, base, out)
     return out[:total]
 
 
-def two_phase(chunks, threshold: float, nan_policy: str, stats, flag):
-    """The split detector's control flow, shared by every pool.
+class Classic(SplitDetector):
+    """|x[i] - mean(x)| > threshold * std(x): the classic detector, split."""
 
-    ``stats(chunks)`` runs pass 1 on each chunk (in parallel, wherever the
-    pool runs things) and returns their Stats; they are combined exactly once;
-    ``flag(chunks, mean, cut)`` runs pass 2 on each chunk and its result is
-    returned.  None means no index can be flagged (or the input is empty).
-    """
-    parts = stats(chunks)
-    lim = limits(combine(parts, [a for a, _ in chunks]), threshold, nan_policy)
-    return None if lim is None else flag(chunks, *lim)
+    name = CLASSIC
+    params = {"threshold": 2.0}
+    summary_size = L.CLASSIC_SUMMARY_SIZE
+
+    def check(self, p: Params) -> None:
+        k = p.threshold
+        if not (math.isfinite(k) and k >= 0):
+            raise ValueError(f"threshold must be finite and >= 0, got {k!r}")
+
+    def summarize(self, x, p):
+        s = chunk_stats(x, p.nan_policy, p.base)
+        return (float(s.n), s.mean, s.m2, float(s.nonfinite), float(s.first_nonfinite))
+
+    def combine(self, summaries, p):
+        total = Stats()
+        for n, mean, m2, bad, first in np.asarray(summaries, dtype=np.float64).tolist():
+            total = merge(total, Stats(int(n), mean, m2, int(bad), int(first)))
+        lim = limits(total, p.threshold, p.nan_policy)
+        return None if lim is None else lim
+
+    def flag(self, x, cut, p):
+        return flag(x, float(cut[0]), float(cut[1]))
+
+    def flag_into(self, x, cut, base: int, out: np.ndarray) -> int:
+        """The flag pass writing straight into a result region."""
+        return flag_into(x, float(cut[0]), float(cut[1]), base, out)
+
+    def detect(self, x, p):
+        lim = limits(chunk_stats(x, p.nan_policy, p.base), p.threshold, p.nan_policy)
+        if lim is None:
+            return np.empty(0, dtype=np.int64)
+        return flag(x, *lim)
 
 
-def classic(x: np.ndarray, threshold: float = 2.0, nan_policy: str = "raise") -> np.ndarray:
-    """The whole classic detector in this process (both passes)."""
+def classic(x, threshold: float = 2.0, nan_policy: str = "raise") -> np.ndarray:
+    """The whole classic detector in this process."""
     x = np.ascontiguousarray(x, dtype=np.float64)
-    lim = limits(chunk_stats(x, nan_policy), threshold, nan_policy)
-    if lim is None:
-        return np.empty(0, dtype=np.int64)
-    return chunk_threshold(x, lim[0], lim[1], 0, nan_policy)
+    return Classic().detect(x, Params({"threshold": threshold}, nan_policy))
 
 
-# -- user detectors -------------------------------------------------------------
+# -- loading by name --------------------------------------------------------------
+
+class FunctionDetector:
+    """A plain ``fn(x, **params)`` returning indices: runs whole, on one worker.
+
+    Its parameters are its keyword parameters with a real default (and
+    ``threshold`` whatever its default), passed as floats; it gets
+    ``nan_policy=`` too if it has such a parameter."""
+
+    summary_size = 0
+
+    def __init__(self, fn, spec: str):
+        self.fn, self.spec = fn, spec
+        self.params: dict[str, float] = {}
+        self.takes_policy = False
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return
+        for i, (name, prm) in enumerate(sig.parameters.items()):
+            if i == 0 or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+                continue
+            if name == "nan_policy":
+                self.takes_policy = True
+            elif name == "threshold":
+                d = prm.default
+                self.params[name] = float(d) if _is_real(d) else 2.0
+            elif _is_real(prm.default):
+                self.params[name] = float(prm.default)
+
+    def check(self, p: Params) -> None:
+        pass
+
+    def detect(self, x, p: Params) -> np.ndarray:
+        kw: dict[str, Any] = p.as_dict()
+        if self.takes_policy:
+            kw["nan_policy"] = p.nan_policy
+        return check_indices(self.fn(x, **kw), len(x))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class Row:
+    """A detector as a worker serves it: its spec, the object, its defaults."""
+
+    def __init__(self, spec: str, impl, defaults: Mapping[str, float]):
+        self.spec, self.impl = spec, impl
+        self.split = isinstance(impl, SplitDetector)
+        self.defaults = {k: float(defaults.get(k, v)) for k, v in impl.params.items()}
+        if len(self.defaults) > L.MAX_PARAMS:
+            raise TypeError(f"detector {spec!r} has {len(self.defaults)} parameters; "
+                            f"the limit is {L.MAX_PARAMS}")
+        size = int(getattr(impl, "summary_size", 0)) if self.split else 0
+        if self.split and not 1 <= size <= L.MAX_REPLY_VALUES:
+            raise TypeError(f"detector {spec!r}: summary_size must be 1..{L.MAX_REPLY_VALUES}, "
+                            f"got {size}")
+        self.summary_size = size
+
+    def table_row(self) -> L.DetectorRow:
+        return L.DetectorRow(self.spec, self.split, self.summary_size, tuple(self.defaults.items()))
+
+    def params(self, values: Sequence[float], nan_policy: str, base: int = 0) -> Params:
+        """Params from a request's values: NaN or missing means the default."""
+        named = {}
+        for i, (name, default) in enumerate(self.defaults.items()):
+            v = values[i] if i < len(values) else math.nan
+            named[name] = default if math.isnan(v) else float(v)
+        p = Params(named, nan_policy, base)
+        self.impl.check(p)
+        return p
+
 
 def check_spec(spec: str) -> None:
-    """Reject a malformed ``"package.module:function"`` before any worker starts."""
+    """Reject a malformed ``"package.module:name"`` before any worker starts."""
+    if not isinstance(spec, str):
+        raise TypeError(f"detector must be 'classic' or 'module:name', not {type(spec).__name__}")
     if spec == CLASSIC:
         return
-    if not isinstance(spec, str):
-        raise TypeError(f"detector must be 'classic' or 'module:function', not {type(spec).__name__}")
     mod, sep, fn = spec.partition(":")
     if not sep or not mod or not fn or not all(p.isidentifier() for p in mod.split(".") + fn.split(".")):
-        raise ValueError(f"detector {spec!r} is not 'classic' or 'package.module:function'")
+        raise ValueError(f"detector {spec!r} is not 'classic' or 'package.module:name'")
 
 
-def load(spec: str) -> Callable[[np.ndarray, float], np.ndarray]:
-    """Import a user detector; the result is called as ``fn(x, threshold)``.
-
-    The user's function receives a read-only float64 view of the segment and
-    returns indices; it gets ``threshold=`` only if it has such a parameter.
-    """
+def load(spec: str, defaults: Mapping[str, float] | None = None) -> Row:
+    """Import a detector by name: a SplitDetector subclass or instance, or a
+    plain function.  *defaults* override parameter defaults by name (a
+    pool's ``threshold=`` applies to every detector with a threshold)."""
     check_spec(spec)
+    if spec == CLASSIC:
+        return Row(spec, Classic(), defaults or {})
     mod_name, _, attr = spec.partition(":")
-    obj = importlib.import_module(mod_name)
+    obj: Any = importlib.import_module(mod_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"detector {spec!r} is not callable")
-    try:
-        takes_threshold = "threshold" in inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        takes_threshold = False
-    if takes_threshold:
-        return lambda x, threshold: obj(x, threshold=threshold)
-    return lambda x, threshold: obj(x)
+    if isinstance(obj, type) and issubclass(obj, SplitDetector):
+        obj = obj()
+    if not isinstance(obj, SplitDetector):
+        if not callable(obj):
+            raise TypeError(f"detector {spec!r} is neither a SplitDetector nor callable")
+        obj = FunctionDetector(obj, spec)
+    return Row(spec, obj, defaults or {})
 
 
 def check_indices(result, n: int) -> np.ndarray:
-    """A user detector's return value as int64 indices, or DetectorError."""
+    """A detector's answer as ascending, unique int64 indices in [0, n), or DetectorError."""
     try:
         idx = np.asarray(result)
     except Exception as e:  # noqa: BLE001 - anything the user returned
-        raise DetectorError(f"detector returned {type(result).__name__}, not indices: {e}", "TypeError")
+        raise DetectorError(f"detector returned {type(result).__name__}, not indices: {e}",
+                            "TypeError") from None
     if idx.ndim != 1 or not (idx.dtype.kind in "iu" or idx.size == 0):
         raise DetectorError(f"detector returned a {idx.ndim}-D {idx.dtype} array; "
                             "1-D integer indices are required", "TypeError")
     idx = idx.astype(np.int64, copy=False)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise DetectorError(f"detector returned index {int(idx.min() if idx.min() < 0 else idx.max())} "
-                            f"outside [0, {n})", "IndexError")
+        bad = int(idx.min() if idx.min() < 0 else idx.max())
+        raise DetectorError(f"detector returned index {bad} outside [0, {n})", "IndexError")
+    if idx.size > 1 and not np.all(idx[1:] > idx[:-1]):
+        idx = np.unique(idx)           # the promise is ascending and unique
     return idx
+
+
+def check_summary(values, size: int, spec: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except Exception as e:  # noqa: BLE001 - anything the user returned
+        raise DetectorError(f"{spec}: summarize returned {type(values).__name__}, not floats: {e}",
+                            "TypeError") from None
+    if len(out) != size:
+        raise DetectorError(f"{spec}: summarize returned {len(out)} values; its summary_size "
+                            f"is {size}", "ValueError")
+    return out
+
+
+def check_cut(values, spec: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    try:
+        out = tuple(float(v) for v in values)
+    except Exception as e:  # noqa: BLE001 - anything the user returned
+        raise DetectorError(f"{spec}: combine returned {type(values).__name__}, not floats: {e}",
+                            "TypeError") from None
+    if len(out) > L.MAX_PARAMS:
+        raise DetectorError(f"{spec}: combine returned {len(out)} values; at most "
+                            f"{L.MAX_PARAMS} flag parameters fit a request", "ValueError")
+    return out or None          # no flag parameters: the answer is empty

@@ -4,8 +4,9 @@ Bad arguments are plain ``TypeError``/``ValueError`` raised before any worker
 is involved; everything else descends from one root::
 
     ShmpoolError
-    ├── PoolClosed              you closed it: the pool (or segment) was closed
-    ├── BrokenPool              it broke: workers cannot be started
+    ├── PoolClosed              you closed it: the pool or client was closed by its owner
+    ├── BrokenPool              it broke: workers cannot be started, or a forked
+    │                           child used its parent's pool
     ├── WorkerDied              a worker died during the call (signal named)
     ├── DetectTimeout           the call outlived its timeout (also TimeoutError)
     ├── DetectorError           the detector raised; remote traceback as __cause__
@@ -16,6 +17,9 @@ is involved; everything else descends from one root::
     │   ├── SegmentPermission   not ours, mode wider than 0600, not a regular file
     │   ├── SegmentLayoutError  bad header, name, or range (also ValueError)
     │   └── SegmentSpaceError   /dev/shm has no room (also MemoryError)
+    ├── ServerUnavailable       the server is stopping, busy, gone, or dropped the
+    │   │                       connection (also ConnectionError)
+    │   └── UntrustedServer     the socket belongs to another user (also PermissionError)
     └── ProtocolError           a peer sent bytes that break docs/LAYOUT.md
 
 Each class carries the status code that docs/LAYOUT.md gives it, so an error
@@ -34,12 +38,13 @@ class ShmpoolError(Exception):
 
 
 class PoolClosed(ShmpoolError):
-    """The pool was closed (by its owner) before or during the call."""
+    """The pool (or client) was closed by its owner before or during the call."""
     status = Status.SHUTTING_DOWN
 
 
 class BrokenPool(ShmpoolError):
-    """The pool cannot run calls: its workers could not be (re)started."""
+    """The pool cannot run calls: its workers could not be (re)started, or
+    this process is a forked child of the pool's owner."""
     status = Status.INTERNAL
 
 
@@ -60,22 +65,28 @@ class DetectorError(ShmpoolError):
 
     def __init__(self, message: str, remote_type: str = "", traceback: str = ""):
         super().__init__(message)
-        self.remote_type = remote_type
+        self.remote_type = remote_type or type(self).__name__
         self.remote_traceback = traceback
 
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
     def __str__(self):
-        text = super().__str__()
-        return f"{self.remote_type}: {text}" if self.remote_type else text
+        if self.remote_type == type(self).__name__:
+            return self.message
+        return f"{self.remote_type}: {self.message}"
 
 
 class NonFiniteError(DetectorError, ValueError):
-    """The data holds NaN or inf and nan_policy is "raise"."""
+    """The data holds NaN or inf (or its statistics overflow) and nan_policy is "raise"."""
     status = Status.NON_FINITE
 
 
 class ResultTooSmall(ShmpoolError):
-    """The answer has ``needed`` indices; the return segment holds ``capacity``.
-    Nothing was written."""
+    """The answer has ``needed`` indices; the return segment holds
+    ``capacity``.  Its count is 0 and its region's contents are unspecified
+    (docs/LAYOUT.md 2.7)."""
     status = Status.TOO_SMALL
 
     def __init__(self, message: str, needed: int = 0, capacity: int = 0):
@@ -110,6 +121,16 @@ class SegmentSpaceError(SegmentError, MemoryError):
         self.free = free
 
 
+class ServerUnavailable(ShmpoolError, ConnectionError):
+    """The server is stopping, busy, gone, or dropped the connection."""
+    status = Status.SHUTTING_DOWN
+
+
+class UntrustedServer(ServerUnavailable, PermissionError):
+    """The process behind the socket runs as another user: refused."""
+    status = Status.NOT_PERMITTED
+
+
 class ProtocolError(ShmpoolError):
     status = Status.BAD_MESSAGE
 
@@ -138,7 +159,9 @@ _BY_STATUS = {
     Status.NON_FINITE: NonFiniteError,
     Status.BAD_VALUE: ProtocolError,
     Status.TIMEOUT: DetectTimeout,
-    Status.SHUTTING_DOWN: PoolClosed,
+    Status.SHUTTING_DOWN: ServerUnavailable,
+    Status.BUSY: ServerUnavailable,
+    Status.BAD_VERSION: ProtocolError,
 }
 
 
@@ -146,6 +169,7 @@ def from_status(status: int, error_type: str, message: str, traceback: str = "",
                 needed: int = 0, capacity: int = 0) -> ShmpoolError:
     """Rebuild the error a peer reported as (status, type, message, traceback)."""
     cls = _BY_STATUS.get(status, ShmpoolError)
+    err: ShmpoolError
     if issubclass(cls, DetectorError):
         err = cls(message, error_type, traceback)
     elif cls is ResultTooSmall:

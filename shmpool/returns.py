@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
 from . import layout as L
-from ._backend.segment import Segment
+from ._backend.segment import Segment, unlink_name
 
 
 class ReturnSegment:
     """A shared-memory segment that workers write int64 indices into.
 
     Create one, pass it as ``pool.detect(x, out=seg)`` as often as you like,
-    then ``close()`` (unmap) and ``unlink()`` (remove the name) when you say
-    so, or use it as a context manager, which does both.  ``indices`` is a
-    read-only view of the last answer; views stay valid after close().
+    then ``close()`` (unmap; safe twice) and ``unlink()`` (remove the name)
+    when you say so, or use it as a context manager, which does both.  A
+    ReturnSegment dropped without ``unlink()`` warns (ResourceWarning, as an
+    unclosed file does) and unlinks itself, unless you ``detach()``-ed it to
+    share it by name.  ``indices`` is a read-only view of the last answer;
+    views stay valid after close().
     """
 
     _seg: Segment | None = None
+    _unlinked = True             # a half-built object owns nothing
+    _detached = False
+    _creator = 0
 
     def __init__(self, capacity: int):
         if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
             raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
         self._seg = Segment.create(int(capacity), L.KIND_RESULT)
+        self._unlinked, self._creator = False, os.getpid()
 
     @classmethod
     def attach(cls, name: str) -> "ReturnSegment":
-        """Map another process's result segment (same user) by name, read-write."""
+        """Map another process's result segment (same user) by name, read-write.
+        It stays the creator's to unlink (call unlink() here to do it yourself)."""
         self = cls.__new__(cls)
         self._seg = Segment.attach(name, L.KIND_RESULT, writable=True)
+        self._detached = True
+        self._unlinked = False
         return self
 
     @property
@@ -64,18 +77,39 @@ class ReturnSegment:
     def closed(self) -> bool:
         return self._seg is None or self._seg.closed
 
+    def detach(self) -> str:
+        """Give up unlinking: the name (returned) outlives this object, for
+        another process to attach; whoever ends up with it unlinks it."""
+        self._detached = True
+        return self.name
+
     def close(self) -> None:
+        """Unmap (the name stays until unlink()).  Safe to call twice."""
         if self._seg is not None:
             self._seg.close()
 
     def unlink(self) -> None:
-        if self._seg is not None:
-            self._seg.unlink()
+        """Remove the name from /dev/shm; workers unmap it within a second."""
+        if self._seg is not None and not self._unlinked:
+            self._unlinked = True
+            if self._seg._created:
+                self._seg.unlink()
+            else:
+                unlink_name(self._seg.name)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.close()
+        self.unlink()
+
+    def __del__(self):
+        if self._unlinked or self._detached or self._creator != os.getpid():
+            return
+        warnings.warn(f"unclosed ReturnSegment {self._seg.name!r}: unlinking it (call unlink() "
+                      "or use `with`, or detach() to keep the name)", ResourceWarning,
+                      source=self, stacklevel=2)
         self.close()
         self.unlink()
 

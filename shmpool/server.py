@@ -1,23 +1,23 @@
-"""``shmpool serve``: a Pool behind a Unix socket, for hosts in any language.
+"""``shmpool serve``: workers behind a Unix socket, for hosts in any language.
 
-    host (Go, C, ...)                 server (this module)          worker
-    -----------------                 --------------------          ------
-    creates data + result segments
-    writes data ──────────────────────────────────────────────────> maps data read-only
-    DETECT request ──SEQPACKET──>     validates the message,
-                                      Pool.detect_segments() ──────> kernel; writes indices
-    reads result  <────────────────────────────────────────────────  into the host's
-                  <──SEQPACKET──      reply (count | error)          result segment
+    host (Go, C, Python, ...)        server (this module)              worker i
+    -------------------------        --------------------              --------
+    connect(path) ─────────────────> accept; check the peer's uid;
+                                     pick worker i (fewest connections,
+                                     none already of this host process)
+                                     ──CONN + fd (SCM_RIGHTS)────────> serves it
+    requests (docs/LAYOUT.md) <─────────────────────────────────────> replies
+                                     <──CLOSED──────────────────────── when it ends
+                                     worker died (pidfd): log, start a new one
 
-One thread per connection reads requests in order and answers each; the
-pool does the rest.  Messages are validated by shmpool.layout before any
-worker sees them; segments are validated (name, owner, mode, header, range)
-by the worker that maps them.  A connection that closes, or whose host dies,
-costs nothing but the call it had in flight; its mappings are dropped.
+One thread, one poll loop.  The server is never on the data path: after
+accept a host talks to its worker directly.  It refuses what it cannot hold
+with a BUSY reply (and says so in its log), never by exiting.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -25,64 +25,72 @@ import signal
 import socket
 import stat
 import struct
-import threading
 
 from . import layout as L
-from .errors import DetectorError, ShmpoolError
-from ._backend.sockets import recv_spinning
-from .pool import Pool
+from ._backend import control
+from ._backend.workers import Workers
+from .errors import ShmpoolError
+from .pool import check_policy, check_specs, check_threshold, check_timeout
 
 log = logging.getLogger("shmpool.serve")
 
-MAX_CONNECTIONS = 1024
-SPIN_SECONDS = 300e-6      # a connection thread polls this long for the next request
-SEND_SECONDS = 5.0         # a host that reads no replies for this long is dropped
-POLICY_BY_CODE = {L.POLICY_PROPAGATE: "propagate", L.POLICY_OMIT: "omit", L.POLICY_RAISE: "raise"}
 _UCRED = struct.Struct("3i")
+SOMAXCONN = 65535           # listen() caps it at net.core.somaxconn: as deep as allowed
 
 
 def default_socket_path() -> str:
     return os.environ.get("SHMPOOL_SOCKET") or f"/tmp/shmpool-{os.geteuid()}.sock"
 
 
-def peer_uid(conn: socket.socket) -> int:
-    _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return uid
-
-
-def error_reply(request_id: int, e: BaseException) -> L.Reply:
-    if isinstance(e, L.DecodeError):
-        return L.Reply(e.status, e.request_id, error_type="ProtocolError", message=str(e))
-    if isinstance(e, DetectorError):
-        return L.Reply(e.status, request_id, error_type=e.remote_type or type(e).__name__,
-                       message=str(e.args[0]) if e.args else "", traceback=e.remote_traceback)
-    if isinstance(e, ShmpoolError):
-        return L.Reply(e.status, request_id, error_type=type(e).__name__, message=str(e))
-    return L.Reply(L.Status.INTERNAL, request_id, error_type=type(e).__name__,
-                   message=f"internal error: {e}")
+def peer_cred(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end (SO_PEERCRED)."""
+    pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid
 
 
 class Server:
-    """Owns the listening socket and the pool; ``run()`` until ``stop()``."""
+    """Owns the socket path and the workers; ``run()`` until ``stop()``."""
 
     _listener: socket.socket | None = None
+    _workers: Workers | None = None
     _path = ""
 
-    def __init__(self, socket_path: str | None = None, **pool_kwargs):
+    def __init__(self, socket_path: str | None = None, *, workers: int | None = None,
+                 detector=("classic",), threshold: float = 2.0, nan_policy: str = "raise",
+                 timeout: float | None = None, memory_limit: int | None = None,
+                 start_method: str = "forkserver", startup_timeout: float = 60.0):
+        n = workers or len(os.sched_getaffinity(0))
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.specs = check_specs(list(detector) if not isinstance(detector, str) else detector)
+        self.threshold, self.nan_policy = check_threshold(threshold), check_policy(nan_policy)
+        self.timeout = check_timeout(timeout)
+        if memory_limit is not None and memory_limit <= 0:
+            raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
         self._path = socket_path or default_socket_path()
-        self._stopping = threading.Event()
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._next_tag = 0
+        self._spare = -1
         self._listener = self._bind(self._path)
         try:
-            self.pool = Pool(**pool_kwargs)
+            self._workers = Workers(n, {
+                "specs": self.specs, "defaults": {"threshold": self.threshold},
+                "nan_policy": self.nan_policy, "memory_limit": memory_limit,
+                "timeout": self.timeout}, start_method, startup_timeout)
+            for i in range(n):
+                self._workers.start(i)
         except BaseException:
-            self._close_listener()
+            self.close()
             raise
+        self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
 
     @property
     def path(self) -> str:
         return self._path
+
+    def worker_pids(self) -> list[int]:
+        return self._workers.pids() if self._workers is not None else []
 
     @staticmethod
     def _bind(path: str) -> socket.socket:
@@ -112,105 +120,162 @@ class Server:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        sock.listen(128)
-        sock.settimeout(0.2)                          # to notice stop() promptly
+        sock.listen(SOMAXCONN)
+        sock.setblocking(False)
         return sock
 
+    # -- the loop -----------------------------------------------------------------
+
     def run(self) -> None:
-        log.info("listening on %s: %d workers, detector %s, threshold %g, nan_policy %s",
-                 self._path, self.pool.workers, self.pool.detector, self.pool.threshold,
-                 self.pool.nan_policy)
+        w = self._workers
+        log.info("listening on %s: %d workers, detectors %s, threshold %g, nan_policy %s%s",
+                 self._path, len(w.slots), ", ".join(self.specs), self.threshold, self.nan_policy,
+                 f", timeout {self.timeout:g} s" if self.timeout else "")
         try:
-            while not self._stopping.is_set():
+            while not self._stopping:
+                watch = {self._listener.fileno(): ("accept", -1, None),
+                         self._wake_r: ("wake", -1, None)}
+                for slot in w.slots:
+                    if slot.ctrl is not None:
+                        watch[slot.ctrl.fileno()] = ("ctrl", slot.index, slot.proc)
+                        watch[slot.proc.pidfd] = ("died", slot.index, slot.proc)
                 try:
-                    conn, _ = self._listener.accept()
-                except TimeoutError:
+                    ready = _poll(list(watch))
+                except InterruptedError:
                     continue
-                except OSError:
-                    if self._stopping.is_set():
-                        break
-                    raise
-                self._admit(conn)
+                for fd in ready:
+                    what, i, proc = watch[fd]
+                    if proc is not None and w.slots[i].proc is not proc:
+                        continue                  # that worker was replaced this round
+                    if what == "accept":
+                        self._accept_all()
+                    elif what == "ctrl":
+                        self._from_worker(i)
+                    elif what == "died":
+                        self._replace(i)
+                    else:
+                        try:
+                            os.read(self._wake_r, 64)
+                        except OSError:
+                            pass
+                for i, slot in enumerate(w.slots):
+                    if slot.ctrl is None and not self._stopping:
+                        self._replace(i)
         finally:
             self.close()
 
-    def _admit(self, conn: socket.socket) -> None:
-        conn.settimeout(None)
+    def _accept_all(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_without_fds()
+                    continue
+                log.warning("accept failed: %s", e)
+                return
+            self._admit(conn)
+
+    def _refuse_without_fds(self) -> None:
+        """Out of descriptors: free the spare to take the connection, refuse it BUSY."""
+        if self._spare < 0:
+            return
+        os.close(self._spare)
+        self._spare = -1
         try:
-            uid = peer_uid(conn)
+            conn, _ = self._listener.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            log.warning("out of file descriptors: refused a connection BUSY")
+            _refuse(conn, L.Status.BUSY, "the server is out of file descriptors; try again later")
+        try:
+            self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._spare = -1
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            pid, uid = peer_cred(conn)
         except OSError:
             conn.close()
             return
         if uid != os.geteuid():
-            log.warning("refused a connection from uid %d", uid)
-            conn.close()
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            _refuse(conn, L.Status.NOT_PERMITTED,
+                    f"this server serves uid {os.geteuid()} only; you are uid {uid}")
             return
-        with self._lock:
-            if len(self._conns) >= MAX_CONNECTIONS:
-                busy = True
-            else:
-                busy = False
-                self._conns.add(conn)
-        if busy:
-            _send(conn, L.Reply(L.Status.SHUTTING_DOWN, 0, error_type="Busy",
-                                message=f"server has {MAX_CONNECTIONS} connections"))
-            conn.close()
+        i = self._choose(pid)
+        if i is None:
+            total = sum(s.conns for s in self._workers.slots)
+            log.warning("busy: %d connections held, as many as the workers can; refused one", total)
+            _refuse(conn, L.Status.BUSY, f"the server holds {total} connections, as many as its "
+                                         "workers can; try again later")
             return
-        threading.Thread(target=self._serve_conn, args=(conn,), daemon=True,
-                         name="shmpool-conn").start()
-
-    def _serve_conn(self, conn: socket.socket) -> None:
-        names: set[str] = set()
-        conn.setblocking(False)
-        poller = select.poll()
-        poller.register(conn, select.POLLIN)
+        self._next_tag += 1
         try:
-            while True:
-                try:                                    # one byte more: an oversize packet shows
-                    msg = recv_spinning(conn, poller, L.REQUEST_SIZE + 1, SPIN_SECONDS, None)
-                except OSError:
-                    break
-                if not msg and _hung_up(conn):
-                    break                               # end-of-file, not an empty packet
-                reply = self.handle(msg, names)
-                if not _send(conn, reply):
-                    break
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-            if names:
-                self.pool.forget_segments(sorted(names))
+            self._workers.give(i, conn.fileno(), self._next_tag, pid)
+        except OSError as e:
+            log.warning("could not hand a connection to worker %d: %s", i, e)
+            _refuse(conn, L.Status.BUSY, "the server could not place the connection; try again")
+            return
+        conn.close()
 
-    def handle(self, msg: bytes, names: set[str] | None = None) -> L.Reply:
-        """The reply to one request packet; never raises."""
-        rid = 0
+    def _choose(self, peer: int) -> int | None:
+        """The worker for a new connection of process *peer*: the fewest
+        connections among those not yet serving *peer*, else among all."""
+        open_slots = [s for s in self._workers.slots
+                      if s.ctrl is not None and s.conns < s.max_conns]
+        if not open_slots:
+            return None
+        fresh = [s for s in open_slots if peer not in s.peers] or open_slots
+        return min(fresh, key=lambda s: (s.conns, s.index)).index
+
+    def _from_worker(self, i: int) -> None:
+        slot = self._workers.slots[i]
         try:
-            req = L.unpack_request(msg)
-            rid = req.request_id
-            if self._stopping.is_set():
-                return L.Reply(L.Status.SHUTTING_DOWN, rid, error_type="PoolClosed",
-                               message="the server is stopping")
-            if req.op == L.OP_PING:
-                return L.Reply(L.Status.OK, rid)
-            if names is not None:
-                names.update((req.data_name, req.out_name))
-            written, needed = self.pool.detect_segments(
-                req.data_name, req.start, req.count, req.out_name,
-                threshold=None if req.threshold != req.threshold else req.threshold,
-                nan_policy=POLICY_BY_CODE.get(req.nan_policy))
-            if written < needed:
-                return L.Reply(L.Status.TOO_SMALL, rid, 0, needed, error_type="ResultTooSmall",
-                               message=f"the answer has {needed} indices; the result segment "
-                                       f"{req.out_name!r} is smaller; no index was written")
-            return L.Reply(L.Status.OK, rid, written, needed)
-        except Exception as e:  # noqa: BLE001 - every failure is a reply, never a crash
-            return error_reply(rid, e)
+            msg = control.recv(slot.ctrl, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            msg = None
+        if msg is None:
+            self._replace(i)
+            return
+        kind, tag, _body, fds = msg
+        for fd in fds:
+            os.close(fd)
+        if kind == control.CLOSED:
+            self._workers.closed(i, tag)
+
+    def _replace(self, i: int) -> None:
+        slot = self._workers.slots[i]
+        pid, conns = slot.pid, slot.conns
+        how = self._workers.stop(i, kill=True, wait=1.0)
+        if self._stopping:
+            return
+        log.warning("worker %d (pid %s) %s; its %d connection(s) closed; starting a new one",
+                    i, pid, how, conns)
+        try:
+            self._workers.start(i)
+        except (ShmpoolError, OSError) as e:
+            log.error("could not restart worker %d: %s", i, e)
+
+    # -- stopping -----------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Ask run() to stop (safe from a signal handler or another thread)."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
 
-    def _close_listener(self) -> None:
+    def close(self) -> None:
+        """Stop accepting, let workers answer what is waiting, end them."""
+        self._stopping = True
         sock, self._listener = self._listener, None
         if sock is not None:
             sock.close()
@@ -218,50 +283,47 @@ class Server:
                 os.unlink(self._path)
             except FileNotFoundError:
                 pass
+        w, self._workers = self._workers, None
+        if w is not None:
+            for i in range(len(w.slots)):
+                w.stop_gracefully(i)
+            for i, slot in enumerate(w.slots):
+                if slot.proc is not None:
+                    slot.proc.wait(5.0)
+            w.close(wait=2.0)
+            log.info("stopped")
+        for fd in (self._spare, self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._spare = self._wake_r = self._wake_w = -1
 
-    def close(self) -> None:
-        self._stopping.set()
-        self._close_listener()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.pool.close(timeout=2.0)
-        log.info("stopped")
 
-
-def _hung_up(conn: socket.socket) -> bool:
-    """After a zero-length read: did the peer close, or send an empty packet?"""
+def _poll(fds: list[int]) -> list[int]:
     p = select.poll()
-    p.register(conn, select.POLLRDHUP | select.POLLHUP)
-    return bool(p.poll(0))
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return [fd for fd, _ev in p.poll()]
 
 
-def _send(conn: socket.socket, reply: L.Reply) -> bool:
-    packet = L.pack_reply(reply)
+def _refuse(conn: socket.socket, status: int, message: str) -> None:
     try:
-        try:
-            conn.send(packet)
-        except BlockingIOError:              # the host is not reading its replies
-            p = select.poll()
-            p.register(conn, select.POLLOUT)
-            if not p.poll(int(SEND_SECONDS * 1000)):
-                return False
-            conn.send(packet)
-        return True
+        conn.setblocking(False)
+        conn.send(L.pack_reply(L.Reply(status, 0, error_type="ServerUnavailable",
+                                       message=message)), socket.MSG_NOSIGNAL)
     except OSError:
-        return False
+        pass
+    conn.close()
 
 
-def serve(socket_path: str | None = None, **pool_kwargs) -> int:
+def serve(socket_path: str | None = None, **kwargs) -> int:
     """Run a server in the foreground until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="shmpool serve: %(message)s")
-    pool_kwargs = {k: v for k, v in pool_kwargs.items() if v is not None}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        server = Server(socket_path, **pool_kwargs)
+        server = Server(socket_path, **kwargs)
     except (OSError, ShmpoolError, ValueError, TypeError) as e:
         log.error("cannot start: %s", e)
         return 2

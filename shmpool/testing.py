@@ -79,3 +79,18 @@ def troublemaker(x, threshold=2.0):
     if len(x) == 13:
         time.sleep(30)
     return fail_on_negative(x, threshold)
+
+
+def unsorted(x):
+    """Indices out of order and repeated: shmpool sorts and deduplicates them."""
+    return np.array([3, 1, 1, 2], dtype=np.int64)
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+
+def raises_unprintable(x):
+    """Raises an exception whose __str__ itself raises."""
+    raise BadStr()

@@ -1,6 +1,8 @@
-"""Shared fixtures: pools per start method, the leak check, the deadlock guard."""
+"""Shared fixtures: pools per start method, answer checks, the leak check, the
+deadlock guard."""
 
 import faulthandler
+import math
 import os
 import sys
 
@@ -8,26 +10,53 @@ import numpy as np
 import psutil
 import pytest
 
-from shmpool import Pool
+from shmpool import Pool, reference
+from shmpool import layout as L
 
-START_METHODS = ["fork", "forkserver", "spawn"]
+START_METHODS = ["forkserver", "spawn", "fork"]
 GUARD_SECONDS = 180
+ONE_BLOCK = 1 << 16
+
+
+def shm_files():
+    return set(n for n in os.listdir("/dev/shm") if n.startswith("shmpool-"))
 
 
 def our_segments():
-    """Entries in /dev/shm created by this test process."""
+    """Segments in /dev/shm created by this test process (not its owner file)."""
     prefix = f"shmpool-{os.getpid()}-"
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+    return sorted(n for n in shm_files() if n.startswith(prefix) and not n.endswith("-owner"))
+
+
+def orphans(names):
+    """Those of *names* whose owner is dead (what a reaper would remove)."""
+    import fcntl
+    dead = []
+    for name in names:
+        m = L.OWNED_NAME_RE.fullmatch(name)
+        if m is None:
+            continue
+        try:
+            fd = os.open(f"/dev/shm/{L.owner_lock_name(m.group(1))}", os.O_RDONLY)
+        except FileNotFoundError:
+            dead.append(name)            # an owner file already gone: left behind
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dead.append(name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return sorted(dead)
 
 
 def worker_children():
-    """Live descendants of this process other than multiprocessing's own
-    helpers (the forkserver and the resource tracker it starts)."""
+    """Live descendants of this process other than the process-wide zygote."""
     found = []
     for p in psutil.Process().children(recursive=True):
         try:
-            cmd = " ".join(p.cmdline())
-            if p.status() == psutil.STATUS_ZOMBIE or "forkserver" in cmd or "resource_tracker" in cmd:
+            if p.status() == psutil.STATUS_ZOMBIE or "shmpool._backend.zygote" in " ".join(p.cmdline()):
                 continue
         except psutil.NoSuchProcess:
             continue
@@ -47,10 +76,15 @@ def deadlock_guard(request):
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
+    """The run leaves no segment of its own, and no orphan it made, and no process.
+    Live shmpool processes beside the run (another suite, a benchmark) are
+    theirs: their segments are neither counted nor touched."""
+    before = shm_files()
     yield
     import gc
     gc.collect()
     assert our_segments() == [], "segments left in /dev/shm"
+    assert orphans(shm_files() - before) == [], "orphaned segments left in /dev/shm"
     assert worker_children() == [], "processes left running"
 
 
@@ -71,3 +105,34 @@ def planted(seed, n=1000, at=(7, 113, 835)):
     x = rng.random(n)
     x[list(at)] += 97
     return x
+
+
+def exact_answer(x, k=2.0):
+    """The classic detector with (nearly) exact statistics: the mean from a
+    correctly rounded sum, the variance corrected for that mean's rounding."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    m = math.fsum(x) / n
+    d = x - m
+    var = math.fsum(d * d) / n - (math.fsum(d) / n) ** 2
+    cut = k * math.sqrt(max(var, 0.0))
+    return np.flatnonzero(np.abs(d) > cut), m, cut
+
+
+def assert_detect_ok(got, x, k=2.0):
+    """Up to 65,536 values: numpy's answer, bit for bit.  Beyond: the exact
+    answer, except for values within the documented band of the cut-off,
+    2 ulp(mean) + 1e-12 * k * std (docs/LAYOUT.md 4.1): relative to the
+    data's spread, not its magnitude."""
+    x = np.asarray(x, dtype=np.float64)
+    assert got.dtype == np.int64
+    assert got.size < 2 or np.all(np.diff(got) > 0), "indices must be ascending and unique"
+    if len(x) <= ONE_BLOCK:
+        assert got.tolist() == reference(x, k).tolist()
+        return
+    exact, m, cut = exact_answer(x, k)
+    diff = np.setxor1d(got, exact)
+    if diff.size:
+        band = 2 * np.spacing(abs(m)) + 1e-12 * cut
+        off = np.abs(np.abs(x[diff] - m) - cut)
+        assert np.all(off <= band), (diff[:10], off.max(), band)

@@ -1,239 +1,475 @@
-"""The worker process: wait for a message, run a kernel on a mapped segment, reply.
+"""A worker process: answer hosts' requests (docs/LAYOUT.md) over mapped segments.
 
-A worker owns nothing: it maps the segments a message names (data read-only,
-results read-write), keeps a bounded cache of those mappings, and exits when
-its socket reaches end-of-file or its host process is gone.
+    supervisor ──ctrl (control.py)──┐
+                                    │      ┌─ native loop (_native.Loop, no GIL):
+    host ──connection 1─────────────┼─────>┤  PING, and DETECT/SUMMARIZE/FLAG of
+    host ──connection N─────────────┘      │  the classic detector on finite data
+                                           └─ Handler (here, Python): everything
+                                              else: INFO, COMBINE, user detectors,
+                                              non-finite data, every error reply
+
+A worker owns nothing: it maps the segments requests name (data read-only,
+results read-write) in a Cache that follows the segments' lives, answers the
+requests of each connection in order, and exits when its control socket
+closes (its supervisor is gone), even in the middle of a call.  Without the
+C extension the Python loop below does the native loop's work too.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import resource
 import select
 import signal
 import socket
+import struct
+import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
 
 import numpy as np
 
 from .. import detectors
 from .. import layout as L
-from ..errors import DetectorError, SegmentLayoutError, ShmpoolError
-from . import wire
-from .segment import SHM_DIR, Segment, process_start
-from .sockets import recv_spinning
+from ..errors import DetectorError, SegmentLayoutError, ShmpoolError, from_status
+from . import control
+from .mappings import Cache as PyCache
+from .mappings import CacheError as PyCacheError
+from .native import native
 
-MAPPINGS_KEPT = 32        # mapped segments cached per worker
-HOST_CHECK_SECONDS = 0.5  # how often a worker checks that its host lives
-SPIN_SECONDS = 300e-6    # poll for the next request this long before sleeping
-SWEEP_SECONDS = 1.0      # an idle worker unmaps unlinked foreign segments this often
-SWEEP_CALLS = 256        # ... and a busy one every this many requests
-
-
-class _Mappings:
-    """name -> mapped Segment, least recently used dropped first."""
-
-    def __init__(self):
-        self._maps: OrderedDict[tuple[str, int], tuple[Segment, tuple]] = OrderedDict()
-
-    def get(self, name: str, kind: int, verify: bool) -> Segment:
-        """The mapped segment; with *verify* (segments of foreign hosts) the
-        file and header are checked again on every call, since their host
-        may recreate, shrink, chmod or scribble over them between calls."""
-        key = (name, kind)
-        hit = self._maps.get(key)
-        if hit is not None and verify:
-            try:
-                st = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False)
-                ident = (st.st_ino, st.st_size, st.st_mode, st.st_uid)
-            except FileNotFoundError:
-                ident = None
-            if ident != hit[1]:
-                self.forget(name)              # re-attach: every check runs again
-                hit = None
-            else:
-                why = L.check_header(hit[0].header(), kind, hit[0].size)
-                if why is not None:
-                    raise SegmentLayoutError(f"segment {name!r}: {why}")
-        if hit is not None:
-            self._maps.move_to_end(key)
-            return hit[0]
-        seg = Segment.attach(name, kind, writable=(kind == L.KIND_RESULT))
-        self._maps[key] = (seg, seg.ident if verify else None)
-        while len(self._maps) > MAPPINGS_KEPT:
-            self._maps.popitem(last=False)[1][0].close()
-        return seg
-
-    def sweep(self) -> None:
-        """Unmap foreign segments whose file is gone (their host unlinked
-        them), so a host that makes and drops segments never pins memory."""
-        for (name, kind), (seg, ident) in list(self._maps.items()):
-            if ident is not None and not os.path.exists(os.path.join(SHM_DIR, name)):
-                self.forget(name)
-
-    def forget(self, name: str) -> None:
-        for kind in (L.KIND_DATA, L.KIND_RESULT):
-            hit = self._maps.pop((name, kind), None)
-            if hit is not None:
-                hit[0].close()
+SWEEP_SECONDS = 1.0       # unmap unlinked segments about this often
+SEND_WAIT_SECONDS = 5.0   # a host that reads no replies this long is dropped
+EXIT_TIMEOUT = 124        # exit code after the server's --timeout ended a call
+_CACHE_ERRORS = (PyCacheError,) + ((native.CacheError,) if native is not None else ())
 
 
-class _Worker:
-    def __init__(self, sock: socket.socket, detector):
-        self.sock = sock
-        self.detector = detector          # None: the classic kernel
-        self.maps = _Mappings()
-        self.pending: np.ndarray | None = None
+class BadValue(ValueError):
+    """A request value out of range: answered BAD_VALUE."""
 
-    def data(self, req: wire.Req) -> np.ndarray:
-        seg = self.maps.get(req.data_name, L.KIND_DATA, bool(req.flags & wire.VERIFY))
-        valid = min(seg.count, seg.capacity)   # re-read: the host sets it per call
-        if req.start + req.count > valid:
-            err = SegmentLayoutError(f"elements [{req.start}, {req.start + req.count}) are outside the "
-                               f"{valid} valid elements of segment {req.data_name!r}")
+
+def safe_str(e: BaseException) -> str:
+    """str(e), even when the exception's __str__ itself raises."""
+    try:
+        return str(e)
+    except BaseException as inner:  # noqa: BLE001 - a broken __str__ must not kill the worker
+        return f"<{type(e).__name__} whose str() raised {type(inner).__name__}>"
+
+
+def safe_traceback(e: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    except BaseException:  # noqa: BLE001 - formatting calls str(e), which may raise
+        tb = "".join(traceback.format_tb(e.__traceback__))
+        return f"Traceback (most recent call last):\n{tb}{type(e).__name__}: {safe_str(e)}\n"
+
+
+def _array(region, dtype, start: int = 0, count: int | None = None) -> np.ndarray:
+    whole = region.array(dtype) if hasattr(region, "array") else np.frombuffer(region, dtype=dtype)
+    return whole[start:] if count is None else whole[start:start + count]
+
+
+class Handler:
+    """The Python answer to any request: LAYOUT.md 2.5-2.7 to the letter."""
+
+    def __init__(self, rows: list[detectors.Row], cache, workers: int, index: int,
+                 nan_policy: str):
+        self.rows, self.cache = rows, cache
+        self.workers, self.index, self.nan_policy = workers, index, nan_policy
+        self.table = L.format_table([r.table_row() for r in rows])
+
+    def reply(self, packet: bytes, tag: int) -> bytes:
+        rid, out = 0, None
+        try:
+            if len(packet) >= 16:
+                rid = struct.unpack_from("<Q", packet, 8)[0]
+            req = L.unpack_request(packet)
+            rid = req.request_id
+            if req.op == L.Op.PING:
+                return L.pack_reply(L.Reply(L.Status.OK, rid))
+            if req.op == L.Op.INFO:
+                return L.pack_reply(L.Reply(L.Status.OK, rid, values=(
+                    float(L.VERSION), float(self.workers), float(self.index), float(os.getpid()),
+                    float(L.POLICY_CODES[self.nan_policy])), message=self.table))
+            row, p = self._row_and_params(req)
+            if req.op == L.Op.COMBINE:
+                return L.pack_reply(L.Reply(L.Status.OK, rid, values=self._combine(row, req, p)))
+            if req.op in L.OPS_WITH_OUT:
+                out = self._region(req.out_name, L.KIND_RESULT, tag)
+            x = self._data(req, tag)
+            if req.op == L.Op.SUMMARIZE:
+                summary = detectors.check_summary(row.impl.summarize(x, p), row.summary_size, row.spec)
+                return L.pack_reply(L.Reply(L.Status.OK, rid, values=summary))
+            count, needed = self._answer(row, req, p, x, out)
+            status = L.Status.OK if count == needed else L.Status.TOO_SMALL
+            if status == L.Status.OK:
+                return L.pack_reply(L.Reply(status, rid, count, needed))
+            return L.pack_reply(L.Reply(status, rid, 0, needed, error_type="ResultTooSmall",
+                                        message=f"the answer has {needed} indices; the result "
+                                                f"segment {req.out_name!r} holds {out.capacity}; "
+                                                "its count is 0 and its region's contents are "
+                                                "unspecified"))
+        except Exception as e:  # noqa: BLE001 - every failure is a reply, never a crash
+            status, etype, message, tb = self._describe(e)
+            if out is not None:
+                out.set_result(0, status, 0)
+            return L.pack_reply(L.Reply(status, rid, error_type=etype, message=message,
+                                        traceback=tb))
+
+    @staticmethod
+    def _describe(e: BaseException) -> tuple[int, str, str, str]:
+        if isinstance(e, L.DecodeError):
+            return e.status, "ProtocolError", safe_str(e), ""
+        if isinstance(e, BadValue):
+            return L.Status.BAD_VALUE, "ValueError", safe_str(e), ""
+        if isinstance(e, DetectorError):       # raised by shmpool on the detector's behalf
+            return e.status, e.remote_type, e.message, e.remote_traceback or safe_traceback(e)
+        if isinstance(e, ShmpoolError):
+            return e.status, type(e).__name__, safe_str(e), ""
+        return L.Status.DETECTOR_ERROR, type(e).__name__, safe_str(e), safe_traceback(e)
+
+    def _row_and_params(self, req: L.Request):
+        if req.detector >= len(self.rows):
+            raise BadValue(f"detector row {req.detector}: this worker has {len(self.rows)} "
+                           f"({', '.join(r.spec for r in self.rows)})")
+        row = self.rows[req.detector]
+        if not row.split and req.op in (L.Op.SUMMARIZE, L.Op.COMBINE, L.Op.FLAG):
+            raise BadValue(f"detector {row.spec!r} runs whole: {L.Op.names[req.op]} needs a split "
+                           "detector (use DETECT)")
+        policy = L.POLICY_NAMES.get(req.nan_policy, self.nan_policy)
+        if req.op == L.Op.FLAG:
+            return row, detectors.Params(row.defaults, policy, req.base)
+        try:
+            return row, row.params(req.params, policy, req.base)
+        except ValueError as e:
+            raise BadValue(safe_str(e)) from None
+
+    def _combine(self, row, req: L.Request, p) -> tuple:
+        if len(req.values) != req.count * row.summary_size or req.count == 0:
+            raise BadValue(f"COMBINE of {req.count} summaries of {row.summary_size} values needs "
+                           f"{req.count * row.summary_size} values, got {len(req.values)}")
+        summaries = np.asarray(req.values, dtype=np.float64).reshape(req.count, row.summary_size)
+        return detectors.check_cut(row.impl.combine(summaries, p), row.spec) or ()
+
+    def _region(self, name: str, kind: int, tag: int):
+        try:
+            return self.cache.region(name, kind, tag)
+        except _CACHE_ERRORS as e:
+            status, message = e.args[0]
+            raise from_status(status, "", message) from None
+
+    def _data(self, req: L.Request, tag: int) -> np.ndarray:
+        region = self._region(req.data_name, L.KIND_DATA, tag)
+        valid = min(region.count, region.capacity)
+        if req.start > valid or req.count > valid - req.start:
+            err = SegmentLayoutError(
+                f"elements [{req.start}, {req.start + req.count}) are outside the {valid} valid "
+                f"elements of segment {req.data_name!r}")
             err.status = L.Status.OUT_OF_RANGE
             raise err
-        return seg.region()[req.start:req.start + req.count]
+        return _array(region, np.float64, req.start, req.count)
 
-    def out(self, req: wire.Req) -> Segment:
-        return self.maps.get(req.out_name, L.KIND_RESULT, bool(req.flags & wire.VERIFY))
+    def _answer(self, row, req: L.Request, p, x: np.ndarray, out) -> tuple[int, int]:
+        """Write the indices of a DETECT or FLAG into out; (count, needed)."""
+        region = _array(out, np.int64)
+        impl = row.impl
+        if isinstance(impl, detectors.Classic):
+            if req.op == L.Op.FLAG:
+                if len(req.params) != 2:
+                    raise BadValue(f"FLAG of the classic detector takes [mean, cut], got "
+                                   f"{len(req.params)} values")
+                cut = req.params
+            else:
+                total = detectors.Stats(*detectors.chunk_stats(x, p.nan_policy, p.base))
+                cut = detectors.limits(total, p.threshold, p.nan_policy)
+                if cut is None:
+                    out.set_result(0, L.Status.OK, 0)
+                    return 0, 0
+            needed = impl.flag_into(x, cut, req.base, region)
+        else:
+            if req.op == L.Op.FLAG:
+                idx = detectors.check_indices(
+                    impl.flag(x, np.asarray(req.params, dtype=np.float64), p), len(x))
+            else:
+                idx = impl.detect(x, p)
+            needed = len(idx)
+            if needed <= len(region):
+                np.add(idx, req.base, out=region[:needed])
+        if needed > len(region):
+            out.set_result(0, L.Status.TOO_SMALL, needed)
+            return 0, needed
+        out.set_result(needed, L.Status.OK, needed)
+        return needed, needed
 
-    def answer(self, req: wire.Req, idx: np.ndarray) -> wire.Rep:
-        """Write a computed answer into the result segment, or keep it."""
-        out = self.out(req)
-        n = len(idx)
-        if n > out.capacity - req.out_off:
-            return self.keep(req, out, idx)
-        out.region()[req.out_off:req.out_off + n] = idx
-        return self.done(req, out, n)
 
-    def flag(self, req: wire.Req, x: np.ndarray, mean: float, cut: float, policy: str) -> wire.Rep:
-        """Pass 2 writing straight into the result segment."""
-        out = self.out(req)
-        n = detectors.flag_into(x, mean, cut, req.base, policy, out.region()[req.out_off:])
-        if n > out.capacity - req.out_off:
-            return self.keep(req, out, detectors.chunk_threshold(x, mean, cut, req.base, policy))
-        return self.done(req, out, n)
+# -- the loops ------------------------------------------------------------------------
 
-    def keep(self, req: wire.Req, out: Segment, idx: np.ndarray) -> wire.Rep:
-        self.pending = idx
-        if req.out_off == 0:
-            out.set_result(L.Status.TOO_SMALL, 0, len(idx))
-        return wire.Rep(L.Status.OK, 0, len(idx), fits=0)
+class _Conns:
+    """The worker's connections: fd -> (socket, tag)."""
 
-    def done(self, req: wire.Req, out: Segment, n: int) -> wire.Rep:
-        if req.out_off == 0:
-            out.set_result(L.Status.OK, n, n)
-        self.pending = None
-        return wire.Rep(L.Status.OK, n, n)
+    def __init__(self):
+        self.by_fd: dict[int, tuple[socket.socket, int]] = {}
 
-    def handle(self, req: wire.Req) -> wire.Rep | None:
-        policy = wire.POLICY_NAMES[req.policy]
-        if req.op == wire.FORGET:
-            self.maps.forget(req.data_name)
-            self.maps.forget(req.out_name)
-            return None
-        if req.op == wire.WRITE:
-            idx, self.pending = self.pending, None
-            if idx is None:
-                raise ShmpoolError("WRITE without a kept answer")
-            return self.answer(req, idx)
-        self.pending = None
-        x = self.data(req)
-        if req.op == wire.STATS:
-            s = detectors.chunk_stats(x, policy)
-            return wire.Rep(L.Status.OK, n=s.n, nonfinite=s.nonfinite,
-                            first_nonfinite=s.first_nonfinite, mean=s.mean, m2=s.m2)
-        if req.op == wire.THRESH:
-            return self.flag(req, x, req.mean, req.cut, policy)
-        if req.op == wire.DETECT:
-            if self.detector is not None:
-                return self.answer(req, detectors.check_indices(self.detector(x, req.threshold), len(x)))
-            lim = detectors.limits(detectors.chunk_stats(x, policy), req.threshold, policy)
-            if lim is None:
-                return self.answer(req, x[:0].astype(np.int64))
-            return self.flag(req, x, lim[0], lim[1], policy)
-        raise ShmpoolError(f"unknown op {req.op}")
+    def add(self, fd: int, tag: int) -> socket.socket:
+        s = socket.socket(fileno=fd)
+        self.by_fd[fd] = (s, tag)
+        return s
 
-    def serve(self) -> None:
-        sock = self.sock
-        sock.setblocking(False)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        calls = 0
+    def close(self, fd: int) -> int:
+        s, tag = self.by_fd.pop(fd, (None, -1))
+        if s is not None:
+            s.close()
+        return tag
+
+
+def _control(ctrl: socket.socket, conns: _Conns, on_conn, on_stop) -> None:
+    try:
+        msg = control.recv(ctrl)
+    except OSError:
+        msg = None
+    if msg is None:
+        os._exit(0)                          # the supervisor is gone
+    kind, tag, _body, fds = msg
+    if kind == control.CONN and fds:
+        for fd in fds[1:]:
+            os.close(fd)
+        conns.add(fds[0], tag)
+        on_conn(fds[0], tag)
+    elif kind == control.STOP:
+        on_stop()
+    else:
+        for fd in fds:
+            os.close(fd)
+
+
+def _shutdown(ctrl: socket.socket, conns: _Conns) -> None:
+    """STOP: answer every request already waiting with SHUTTING_DOWN, then exit."""
+    for fd, (s, _tag) in list(conns.by_fd.items()):
+        s.setblocking(False)
         while True:
             try:
-                msg = recv_spinning(sock, poller, wire.REQ_SIZE, SPIN_SECONDS,
-                                    int(SWEEP_SECONDS * 1000))
+                packet = s.recv(L.MAX_REQUEST + 1)
             except OSError:
-                return
-            calls += 1
-            if msg is None or calls % SWEEP_CALLS == 0:
-                self.maps.sweep()
-            if msg is None:
-                continue
-            if not msg:
-                return                          # end-of-file: the host is done with us
+                break
+            if not packet:
+                break
+            rid = struct.unpack_from("<Q", packet, 8)[0] if len(packet) >= 16 else 0
             try:
-                rep = self.handle(wire.unpack_req(msg))
-            except Exception as e:  # noqa: BLE001 - every failure becomes a reply
-                self.pending = None
-                rep = error_rep(e)
-            if rep is not None:
-                try:
-                    sock.sendall(wire.pack_rep(rep))
-                except OSError:
-                    return
+                s.send(L.pack_reply(L.Reply(L.Status.SHUTTING_DOWN, rid, error_type="ServerUnavailable",
+                                            message="the server is stopping")), socket.MSG_NOSIGNAL)
+            except OSError:
+                break
+        conns.close(fd)
+    os._exit(0)
 
 
-def watch_host(host: tuple[int, int]) -> None:
-    """Exit when the host process is gone, even in the middle of a call.
+def serve_native(ctrl: socket.socket, handler: Handler, cache, timeout: float) -> None:
+    rows = [(type(r.impl) is detectors.Classic, r.defaults.get("threshold", 2.0)) for r in handler.rows]
+    loop = native.Loop(ctrl.fileno(), cache, rows, L.POLICY_CODES[handler.nan_policy],
+                       timeout or 0.0, L.MAX_REQUEST)
+    loop.start_watchdog()
+    conns = _Conns()
 
-    End-of-file on the socket tells an idle worker; this thread also ends a
-    busy one (a detector stuck for minutes), since kernels release the GIL.
-    """
-    def loop():
-        while process_start(host[0]) == host[1]:
-            time.sleep(HOST_CHECK_SECONDS)
+    def closed(fd: int, tag: int) -> None:
+        loop.remove(fd)
+        cache.conn_closed(tag)
+        conns.close(fd)
+        _tell_closed(ctrl, tag)
+
+    while True:
+        ev = loop.run()
+        if ev[0] == "ctrl":
+            _control(ctrl, conns, loop.add, lambda: _shutdown(ctrl, conns))
+        elif ev[0] == "request":
+            _, fd, tag, packet = ev
+            loop.begin(fd, struct.unpack_from("<Q", packet, 8)[0] if len(packet) >= 16 else 0)
+            try:
+                loop.reply(fd, handler.reply(packet, tag))
+            except OSError:
+                closed(fd, tag)
+        elif ev[0] == "closed":
+            _, fd, tag = ev
+            conns.close(fd)
+            _tell_closed(ctrl, tag)
+
+
+def _tell_closed(ctrl: socket.socket, tag: int) -> None:
+    try:
+        control.send_closed(ctrl, tag)
+    except OSError:
         os._exit(0)
 
-    threading.Thread(target=loop, name="shmpool-host-watch", daemon=True).start()
+
+class _Watchdog:
+    """The Python loop's watchdog: exit when the supervisor goes; enforce --timeout."""
+
+    def __init__(self, ctrl: socket.socket, timeout: float):
+        self.ctrl, self.timeout = ctrl, timeout
+        self.lock = threading.Lock()
+        self.current: tuple[socket.socket, int, float] | None = None
+        threading.Thread(target=self._run, name="shmpool-watchdog", daemon=True).start()
+
+    def begin(self, s: socket.socket, rid: int) -> None:
+        with self.lock:
+            self.current = (s, rid, time.monotonic())
+
+    def claim(self) -> bool:
+        with self.lock:
+            mine, self.current = self.current is not None, None
+        return mine
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.ctrl, 0)                 # hang-up only
+        while True:
+            events = poller.poll(50 if self.timeout else None)
+            if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
+                os._exit(0)
+            if self.timeout:
+                with self.lock:
+                    cur = self.current
+                    if cur is None or time.monotonic() - cur[2] <= self.timeout:
+                        continue
+                    self.current = None
+                s, rid, _ = cur
+                try:
+                    s.send(L.pack_reply(L.Reply(
+                        L.Status.TIMEOUT, rid, error_type="DetectTimeout",
+                        message=f"the call ran longer than the server's limit of {self.timeout:g} s; "
+                                "its worker was stopped and will be replaced")), socket.MSG_NOSIGNAL)
+                finally:
+                    os._exit(EXIT_TIMEOUT)
 
 
-def error_rep(e: BaseException) -> wire.Rep:
-    if isinstance(e, DetectorError):          # raised by shmpool on the detector's behalf
-        return wire.Rep(e.status, error_type=e.remote_type or type(e).__name__,
-                        message=str(e.args[0]) if e.args else "", traceback=e.remote_traceback)
-    if isinstance(e, ShmpoolError):
-        return wire.Rep(e.status, error_type=type(e).__name__, message=str(e))
-    return wire.Rep(L.Status.DETECTOR_ERROR, error_type=type(e).__name__, message=str(e),
-                    traceback=traceback.format_exc())
+def serve_python(ctrl: socket.socket, handler: Handler, cache, timeout: float) -> None:
+    watchdog = _Watchdog(ctrl, timeout)
+    conns = _Conns()
+    poller = select.poll()
+    poller.register(ctrl, select.POLLIN)
+    next_sweep = time.monotonic() + SWEEP_SECONDS
+
+    def added(fd: int, tag: int) -> None:
+        poller.register(fd, select.POLLIN)
+
+    def closed(fd: int) -> None:
+        poller.unregister(fd)
+        tag = conns.close(fd)
+        cache.conn_closed(tag)
+        _tell_closed(ctrl, tag)
+
+    while True:
+        wait = None
+        if len(cache):
+            wait = max(0, int((next_sweep - time.monotonic()) * 1000) + 1)
+        events = poller.poll(wait)
+        if time.monotonic() >= next_sweep:
+            cache.sweep()
+            next_sweep = time.monotonic() + SWEEP_SECONDS
+        for fd, ev in events:
+            if fd == ctrl.fileno():
+                _control(ctrl, conns, added, lambda: _shutdown(ctrl, conns))
+                continue
+            if fd not in conns.by_fd:
+                continue
+            s, tag = conns.by_fd[fd]
+            try:
+                packet = s.recv(L.MAX_REQUEST + 1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                closed(fd)
+                continue
+            if not packet and _hung_up(s):
+                closed(fd)
+                continue
+            rid = struct.unpack_from("<Q", packet, 8)[0] if len(packet) >= 16 else 0
+            watchdog.begin(s, rid)
+            reply = handler.reply(packet, tag)
+            if not watchdog.claim():
+                while True:                  # the watchdog answered TIMEOUT and ends us
+                    time.sleep(1)
+            if not _send(s, reply):
+                closed(fd)
 
 
-def main(sock: socket.socket, spec: str, host: tuple[int, int], close_fds: list[int],
-         memory_limit: int | None = None) -> None:
-    """Entry point of a worker process (any start method)."""
-    for fd in close_fds:       # fork: the host's ends of every socket, or EOF never comes
+def _hung_up(s: socket.socket) -> bool:
+    """After a zero-length read: did the peer close, or send an empty packet?"""
+    p = select.poll()
+    p.register(s, select.POLLRDHUP | select.POLLHUP)
+    return bool(p.poll(0))
+
+
+def _send(s: socket.socket, packet: bytes) -> bool:
+    try:
         try:
-            os.close(fd)
-        except OSError:
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the host's to handle
-    np.seterr(all="ignore")    # overflow is reported by value (NonFiniteError), not as noise
-    if memory_limit:
+            s.send(packet, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except BlockingIOError:              # the host is not reading its replies
+            p = select.poll()
+            p.register(s, select.POLLOUT)
+            if not p.poll(int(SEND_WAIT_SECONDS * 1000)):
+                return False
+            s.send(packet, socket.MSG_NOSIGNAL)
+        return True
+    except OSError:
+        return False
+
+
+# -- entry point ----------------------------------------------------------------------
+
+def main(ctrl_fd: int, config: dict) -> None:
+    """Run a worker on control socket *ctrl_fd* until its supervisor goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the host's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    np.seterr(all="ignore")   # overflow is reported by value (NonFiniteError), not as noise
+    if config.get("memory_limit"):
         # RLIMIT_DATA caps the heap and private mappings (a detector's
         # allocations), not the shared segments this worker maps.
-        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
-    watch_host(host)
+        lim = int(config["memory_limit"])
+        resource.setrlimit(resource.RLIMIT_DATA, (lim, lim))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    policy = config.get("nan_policy", "raise")
     try:
-        detector = None if spec == detectors.CLASSIC else detectors.load(spec)
-    except BaseException as e:  # noqa: BLE001 - reported to the host, then exit
-        sock.sendall(wire.pack_rep(wire.Rep(L.Status.DETECTOR_ERROR, error_type=type(e).__name__,
-                                            message=f"cannot load detector {spec!r}: {e}",
-                                            traceback=traceback.format_exc())))
-        return
-    sock.sendall(wire.pack_rep(wire.Rep(L.Status.OK)))      # ready
-    _Worker(sock, detector).serve()
+        rows = [detectors.load(spec, config.get("defaults") or {}) for spec in config["specs"]]
+    except BaseException as e:  # noqa: BLE001 - reported to the supervisor, then exit
+        control.send_ready(ctrl, os.getpid(), 0, {
+            "type": type(e).__name__, "message": f"cannot load detector: {safe_str(e)}",
+            "traceback": safe_traceback(e)})
+        os._exit(0)
+    cache = native.Cache() if native is not None else PyCache()
+    handler = Handler(rows, cache, int(config.get("workers", 1)), int(config.get("index", 0)),
+                      policy)
+    control.send_ready(ctrl, os.getpid(), max(1, soft - 32))
+    serve = serve_native if native is not None else serve_python
+    try:
+        serve(ctrl, handler, cache, float(config.get("timeout") or 0.0))
+    finally:
+        os._exit(0)
+
+
+def apply_environment(config: dict) -> None:
+    """What a launched worker takes over from its host: module path and cwd."""
+    for p in reversed(config.get("sys_path") or []):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    cwd = config.get("cwd")
+    if cwd:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":     # start method "spawn": python -m shmpool._backend.worker FD JSON
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _config = json.loads(sys.argv[2])
+    apply_environment(_config)
+    main(int(sys.argv[1]), _config)

@@ -1,0 +1,380 @@
+"""The host side of docs/LAYOUT.md: lanes, and calls over them.
+
+    caller thread                   lane i (one connection)        worker i
+    -------------                   -----------------------        --------
+    whole call:  DETECT ─────────────────────────────────────────> detector
+                 <──────────────── count ─────────────────────────  indices -> result seg
+    split call:  SUMMARIZE chunk i on lane i, all sent first ─────> summary i
+                 COMBINE the k summaries on lane 0 ───────────────> flag parameters
+                 FLAG chunk i on lane i ──────────────────────────> indices -> lane i's
+                 concatenate the lanes' result segments in order       result segment
+
+The caller's thread does its own I/O (the GIL released while it waits), so
+there is no dispatcher thread to hop through.  ``Lanes`` hands lanes to calls
+by token, so an interrupt at any point can never leak one; the Pool (lanes
+to its own workers) and the Client (lanes dialed to a server) differ only in
+where lanes come from and what happens when one breaks.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import layout as L
+from ._backend.native import native
+from ._backend.segment import Segment
+from .errors import (DetectTimeout, ProtocolError, ResultTooSmall, ShmpoolError,
+                     WorkerDied, from_status)
+
+LANE_INPUT = 1 << 16       # elements of each lane's own input segment
+LANE_RESULT = 1 << 12      # initial indices of each lane's result segment
+_HEAD = struct.Struct("<IHHQQQIIII")
+_IDS = struct.Struct("<QQQQII")          # request_id, start, count, base, detector, nan_policy
+_PARAMS = struct.Struct("<I8d")          # nparams, params
+_NAN8 = (math.nan,) * L.MAX_PARAMS
+_MAX_MS = 2 ** 31 - 1
+
+
+def timeout_ms(deadline: float | None) -> int:
+    if deadline is None:
+        return -1
+    left = deadline - time.monotonic()
+    return 0 if left <= 0 else min(_MAX_MS, math.ceil(left * 1000))
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    """A monotonic deadline; None (or inf) waits for ever; any finite value works."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if not (timeout >= 0):
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+class LaneBroken(Exception):
+    """The connection failed: .sent says whether the request reached the worker."""
+
+    def __init__(self, message: str, sent: bool, lane: "Lane"):
+        super().__init__(message)
+        self.sent, self.lane = sent, lane
+
+
+class LaneTimeout(TimeoutError):
+    """No reply in time on .lane."""
+
+    def __init__(self, lane: "Lane"):
+        super().__init__(f"no reply from worker {lane.worker} in time")
+        self.lane = lane
+
+
+class Lane:
+    """One connection to one worker, and the segments it reuses."""
+
+    holder: object = None        # the token of the call using it
+    pending = 0                  # requests sent and not yet answered
+    data: Segment | None = None  # input segment for small copy-in calls
+    result: Segment | None = None
+
+    def __init__(self, sock: socket.socket, index: int):
+        self.sock, self.fd, self.index = sock, sock.fileno(), index
+        self.worker, self.pid = index, 0
+        self.buf = bytearray(L.MAX_REPLY)
+        self.rid = 0
+        self.template: bytearray | None = None
+
+    # -- requests -------------------------------------------------------------
+
+    def packet(self, op: int, start: int, count: int, base: int, detector: int, policy: int,
+               params=(), data_name: str = "", out_name: str = "", values=()) -> bytes:
+        self.rid += 1
+        return L.pack_request(L.Request(op, self.rid, start, count, base, detector, policy,
+                                        tuple(params), data_name, out_name, tuple(values)))
+
+    def detect_packet(self, count: int, detector: int, policy: int, params) -> bytearray:
+        """DETECT over this lane's own input into its own result segment (the hot path)."""
+        t = self.template
+        if t is None:
+            t = self.template = bytearray(L.pack_request(L.Request(
+                L.Op.DETECT, 0, data_name=self.data.name, out_name=self.result.name)))
+        self.rid += 1
+        _IDS.pack_into(t, 8, self.rid, 0, count, 0, detector, policy)
+        _PARAMS.pack_into(t, 52, len(params), *params, *_NAN8[len(params):])
+        return t
+
+    def send(self, packet) -> None:
+        try:
+            if native is not None:
+                native.send(self.fd, packet)
+            else:
+                self.sock.send(packet, socket.MSG_NOSIGNAL)
+        except OSError as e:
+            raise LaneBroken(f"sending to worker {self.worker}: {e.strerror or e}", False, self) from None
+        self.pending += 1
+
+    def recv(self, deadline: float | None) -> int:
+        """Receive one reply into self.buf; its length.  TimeoutError, or
+        LaneBroken at end-of-file."""
+        ms = timeout_ms(deadline)
+        try:
+            if native is not None:
+                n = native.recv_into(self.fd, self.buf, ms)
+            else:
+                n = _recv_into(self.sock, self.buf, ms)
+        except OSError as e:
+            raise LaneBroken(f"worker {self.worker}: {e.strerror or e}", True, self) from None
+        if n is None:
+            raise LaneTimeout(self)
+        if n == 0:
+            raise LaneBroken(f"worker {self.worker} closed the connection", True, self)
+        self.pending -= 1
+        return n
+
+    def exchange(self, packet, deadline: float | None) -> int:
+        """send + recv in one native call when there is one."""
+        if native is None:
+            self.send(packet)
+            return self.recv(deadline)
+        try:
+            n = native.exchange(self.fd, packet, self.buf, timeout_ms(deadline))
+        except OSError as e:
+            # EPIPE, ECONNREFUSED from send: nothing reached the worker
+            raise LaneBroken(f"worker {self.worker}: {e.strerror or e}",
+                             e.errno not in (errno.EPIPE, errno.ECONNREFUSED), self) from None
+        self.pending += 1
+        if n is None:
+            raise LaneTimeout(self)
+        if n == 0:
+            raise LaneBroken(f"worker {self.worker} closed the connection", True, self)
+        self.pending -= 1
+        return n
+
+    def alive(self) -> bool:
+        """False when the worker's end is closed (it died while idle)."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN | select.POLLRDHUP)
+        return not p.poll(0)
+
+    def head(self, n: int) -> tuple:
+        """(status, request_id, count, needed, nvalues) of the reply in buf, checked."""
+        if n < L.REPLY_HEAD_SIZE:
+            raise ProtocolError(f"reply of {n} bytes from worker {self.worker}")
+        magic, version, status, rid, count, needed, tl, ml, tbl, nv = _HEAD.unpack_from(self.buf)
+        if magic != L.REPLY_MAGIC or version != L.VERSION or rid != self.rid and rid != 0:
+            raise ProtocolError(f"worker {self.worker} sent reply {rid} (v{version}) to request "
+                                f"{self.rid}")
+        return status, rid, count, needed, nv
+
+    def reply(self, n: int) -> L.Reply:
+        r = L.unpack_reply(memoryview(self.buf)[:n])
+        if r.request_id not in (self.rid, 0):
+            raise ProtocolError(f"worker {self.worker} answered request {r.request_id}, "
+                                f"not {self.rid}")
+        return r
+
+    def close(self) -> None:
+        self.sock.close()
+        for seg in (self.data, self.result):
+            if seg is not None:
+                seg.close()
+                seg.unlink()
+        self.data = self.result = None
+        self.template = None
+
+
+def _recv_into(sock: socket.socket, buf: bytearray, ms: int):
+    if ms >= 0:
+        p = select.poll()
+        p.register(sock, select.POLLIN)
+        if not p.poll(ms):
+            return None
+        try:
+            return sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+    return sock.recv_into(buf)
+
+
+def raise_for(lane: Lane, n: int, capacity: int = 0) -> None:
+    r = lane.reply(n)
+    raise from_status(r.status, r.error_type, r.message, r.traceback, r.needed, capacity)
+
+
+class Lanes:
+    """Lanes handed to calls by token: whatever interrupts a call, release()
+    with its token gives back every lane it held."""
+
+    def __init__(self, lanes: list[Lane]):
+        self.all = lanes
+        self.cond = threading.Condition()
+        self.closed = False
+
+    def take(self, token: object, want: int, deadline: float | None,
+             closed_error: Callable[[], Exception]) -> list[Lane]:
+        with self.cond:
+            while True:
+                if self.closed:
+                    raise closed_error()
+                free = [lane for lane in self.all if lane.holder is None]
+                if len(free) >= want:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DetectTimeout(f"timed out waiting for {want} idle worker(s)")
+                self.cond.wait(left)
+            taken = free[:want]
+            for lane in taken:
+                lane.holder = token          # one store each: an interrupt leaves it owned
+        return taken
+
+    def release(self, token: object) -> None:
+        with self.cond:
+            for lane in self.all:
+                if lane.holder is token:
+                    lane.holder = None
+            self.cond.notify_all()
+
+    def busy(self) -> int:
+        return sum(1 for lane in self.all if lane.holder is not None)
+
+
+# -- one call -------------------------------------------------------------------------
+
+def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row: int,
+              policy: int, params, deadline: float | None, x: np.ndarray | None = None
+              ) -> tuple[int, int]:
+    """DETECT on one lane into *out*; (count, needed).  Raises the worker's
+    error.  With *x* (contiguous float64, n values), x is first copied into
+    the lane's own input segment, which *data_name* then names."""
+    own = out is lane.result and data_name == lane.data.name and start == 0
+    if own and native is not None:
+        if lane.template is None:
+            lane.template = bytearray(L.pack_request(L.Request(
+                L.Op.DETECT, 0, data_name=lane.data.name, out_name=lane.result.name)))
+        lane.rid += 1
+        lane.pending += 1
+        try:
+            got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid, n,
+                               row, policy, params, lane.data._mmap, x)
+        except OSError as e:
+            raise LaneBroken(f"worker {lane.worker}: {e.strerror or e}",
+                             e.errno not in (errno.EPIPE, errno.ECONNREFUSED), lane) from None
+        if got is None:
+            raise LaneTimeout(lane)
+        length, status, count, needed = got
+        if length == 0:
+            raise LaneBroken(f"worker {lane.worker} closed the connection", True, lane)
+        lane.pending -= 1
+        if status < 0:
+            lane.head(length)                 # raises ProtocolError with the details
+    else:
+        if x is not None:
+            np.copyto(lane.data.region()[:n], x)
+            lane.data.set_count(n)
+        if own:
+            packet = lane.detect_packet(n, row, policy, params)
+        else:
+            packet = lane.packet(L.Op.DETECT, start, n, 0, row, policy, params, data_name, out.name)
+        length = lane.exchange(packet, deadline)
+        status, _rid, count, needed, _nv = lane.head(length)
+    if status == L.Status.OK:
+        return count, needed
+    if status == L.Status.TOO_SMALL:
+        return 0, needed
+    raise_for(lane, length, out.capacity)
+
+
+def run_split(lanes: list[Lane], data_name: str, start: int, n: int, row: int, policy: int,
+              params, deadline: float | None, grow: Callable[[Lane, int], None],
+              place: Callable[[int, int, int], None] | None = None) -> list[tuple[Lane, int]]:
+    """LAYOUT.md 5 over these lanes: [(lane, count)] in chunk order, the indices
+    in each lane's result segment.  *place(i, a, b)*, if given, fills chunk i
+    of the data just before its SUMMARIZE goes (copy overlaps compute)."""
+    chunks = L.split(n, len(lanes))
+    for i, (lane, (a, b)) in enumerate(zip(lanes, chunks)):
+        if place is not None:
+            place(i, a, b)
+        lane.send(lane.packet(L.Op.SUMMARIZE, start + a, b - a, a, row, policy, params, data_name))
+    summaries, failure = [], None
+    for lane in lanes:
+        got = lane.recv(deadline)
+        status, _rid, _c, _nd, nv = lane.head(got)
+        if status != L.Status.OK:
+            failure = failure or (lane, got)
+            continue
+        summaries.extend(struct.unpack_from(f"<{nv}d", lane.buf, L.REPLY_HEAD_SIZE))
+    if failure is not None:
+        raise_for(*failure)
+    lane0 = lanes[0]
+    got = lane0.exchange(lane0.packet(L.Op.COMBINE, 0, len(lanes), 0, row, policy, params,
+                                      values=summaries), deadline)
+    status, _rid, _c, _nd, nv = lane0.head(got)
+    if status != L.Status.OK:
+        raise_for(lane0, got)
+    if nv == 0:
+        return []
+    cut = struct.unpack_from(f"<{nv}d", lane0.buf, L.REPLY_HEAD_SIZE)
+    todo = list(range(len(lanes)))
+    counts = [0] * len(lanes)
+    for _attempt in range(3):
+        for i in todo:
+            a, b = chunks[i]
+            lane = lanes[i]
+            lane.send(lane.packet(L.Op.FLAG, start + a, b - a, a, row, policy, cut, data_name,
+                                  lane.result.name))
+        again, failure = [], None
+        for i in todo:
+            lane = lanes[i]
+            got = lane.recv(deadline)
+            status, _rid, count, needed, _nv = lane.head(got)
+            if status == L.Status.OK:
+                counts[i] = count
+            elif status == L.Status.TOO_SMALL:
+                grow(lane, needed)
+                again.append(i)
+            else:
+                failure = failure or (lane, got)
+        if failure is not None:
+            raise_for(*failure)
+        if not again:
+            return list(zip(lanes, counts))
+        todo = again
+    raise ShmpoolError("a chunk's answer kept outgrowing its result segment")
+
+
+def gather(parts: list[tuple[Lane, int]], out: Segment | None) -> np.ndarray:
+    """Concatenate the chunks' indices into a new array or *out* (a result segment)."""
+    needed = sum(c for _, c in parts)
+    if out is None:
+        result = np.empty(needed, dtype=np.int64)
+        dest = result
+    else:
+        if needed > out.capacity:
+            out.set_result(0, L.Status.TOO_SMALL, needed)
+            raise ResultTooSmall(too_small_message(needed, out.capacity), needed, out.capacity)
+        dest = out.region()
+    pos = 0
+    for lane, c in parts:
+        dest[pos:pos + c] = lane.result.region()[:c]
+        pos += c
+    if out is None:
+        return result
+    out.set_result(needed, L.Status.OK, needed)
+    return dest[:needed]
+
+
+def too_small_message(needed: int, capacity: int) -> str:
+    return (f"the answer has {needed} indices; the return segment holds {capacity}; its count "
+            "is 0 and its region's contents are unspecified (partly overwritten)")
+
+
+def died(lane: Lane, how: str) -> WorkerDied:
+    return WorkerDied(f"worker {lane.worker} (pid {lane.pid or '?'}) died during the call: {how}")
