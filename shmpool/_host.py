@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -111,14 +112,15 @@ class Lane:
         return t
 
     def send(self, packet) -> None:
+        self.pending += 1                # first: an interrupt after the send leaves it counted
         try:
             if native is not None:
                 native.send(self.fd, packet)
             else:
                 self.sock.send(packet, socket.MSG_NOSIGNAL)
         except OSError as e:
+            self.pending -= 1
             raise LaneBroken(f"sending to worker {self.worker}: {e.strerror or e}", False, self) from None
-        self.pending += 1
 
     def recv(self, deadline: float | None) -> int:
         """Receive one reply into self.buf; its length.  TimeoutError, or
@@ -143,13 +145,15 @@ class Lane:
         if native is None:
             self.send(packet)
             return self.recv(deadline)
+        self.pending += 1
         try:
             n = native.exchange(self.fd, packet, self.buf, timeout_ms(deadline))
         except OSError as e:
             # EPIPE, ECONNREFUSED from send: nothing reached the worker
-            raise LaneBroken(f"worker {self.worker}: {e.strerror or e}",
-                             e.errno not in (errno.EPIPE, errno.ECONNREFUSED), self) from None
-        self.pending += 1
+            sent = e.errno not in (errno.EPIPE, errno.ECONNREFUSED)
+            if not sent:
+                self.pending -= 1
+            raise LaneBroken(f"worker {self.worker}: {e.strerror or e}", sent, self) from None
         if n is None:
             raise LaneTimeout(self)
         if n == 0:
@@ -208,42 +212,95 @@ def raise_for(lane: Lane, n: int, capacity: int = 0) -> None:
     raise from_status(r.status, r.error_type, r.message, r.traceback, r.needed, capacity)
 
 
+class Token:
+    """One call's claim on its lanes: lives exactly as long as the call's frame."""
+
+    __slots__ = ("__weakref__",)
+
+
 class Lanes:
-    """Lanes handed to calls by token: whatever interrupts a call, release()
-    with its token gives back every lane it held."""
+    """Lanes handed to calls by token.
+
+    A lane belongs to a call while the call's token object lives (a weak
+    reference): however a call ends, even by an interrupt inside its own
+    cleanup, its lanes come back when its frame is gone.  A lane given back
+    with a request still unanswered (``pending``) is the taker's to retire.
+
+    Only C-level locks are held, and only in ``with`` statements, where
+    CPython delivers no signal between acquiring and the protected block;
+    a waiter sleeps on a lock of its own (threading.Condition is Python code,
+    so a Ctrl-C inside it can leave its lock held).
+    """
+
+    WAIT_SLICE = 0.05            # waiters look again this often for lanes freed by death
 
     def __init__(self, lanes: list[Lane]):
         self.all = lanes
-        self.cond = threading.Condition()
+        self.mutex = threading.Lock()
+        self.waiters: list = []
         self.closed = False
 
-    def take(self, token: object, want: int, deadline: float | None,
+    @staticmethod
+    def _free(lane: Lane) -> bool:
+        h = lane.holder
+        return h is None or h() is None
+
+    def take(self, token: Token, want: int, deadline: float | None,
              closed_error: Callable[[], Exception]) -> list[Lane]:
-        with self.cond:
-            while True:
+        ref = weakref.ref(token)
+        while True:
+            with self.mutex:
                 if self.closed:
                     raise closed_error()
-                free = [lane for lane in self.all if lane.holder is None]
+                free = [lane for lane in self.all if self._free(lane)]
                 if len(free) >= want:
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DetectTimeout(f"timed out waiting for {want} idle worker(s)")
-                self.cond.wait(left)
-            taken = free[:want]
-            for lane in taken:
-                lane.holder = token          # one store each: an interrupt leaves it owned
-        return taken
+                    for lane in free[:want]:
+                        lane.holder = ref            # one store each
+                    return free[:want]
+                waiter = threading.Lock()
+                waiter.acquire()
+                self.waiters.append(waiter)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DetectTimeout(f"timed out waiting for {want} idle worker(s)")
+            waiter.acquire(True, self.WAIT_SLICE if left is None else min(left, self.WAIT_SLICE))
 
-    def release(self, token: object) -> None:
-        with self.cond:
-            for lane in self.all:
-                if lane.holder is token:
-                    lane.holder = None
-            self.cond.notify_all()
+    def wake(self) -> None:
+        with self.mutex:
+            waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            try:
+                w.release()
+            except RuntimeError:                     # it woke by itself already
+                pass
+
+    def release(self, token: Token) -> None:
+        for lane in self.all:
+            h = lane.holder
+            if h is not None and h() is token:
+                lane.holder = None                   # one store each: no lock needed
+        self.wake()
+
+    def add(self, lane: Lane) -> None:
+        with self.mutex:
+            self.all.append(lane)
+
+    def remove(self, lane: Lane) -> None:
+        with self.mutex:
+            if lane in self.all:
+                self.all.remove(lane)
+
+    def close(self) -> list[Lane]:
+        with self.mutex:
+            self.closed = True
+        self.wake()
+        return list(self.all)
+
+    def held_by(self, token: Token) -> list[Lane]:
+        return [lane for lane in self.all if lane.holder is not None and lane.holder() is token]
 
     def busy(self) -> int:
-        return sum(1 for lane in self.all if lane.holder is not None)
+        return sum(1 for lane in self.all if not self._free(lane))
 
 
 # -- one call -------------------------------------------------------------------------
@@ -265,8 +322,10 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
             got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid, n,
                                row, policy, params, lane.data._mmap, x)
         except OSError as e:
-            raise LaneBroken(f"worker {lane.worker}: {e.strerror or e}",
-                             e.errno not in (errno.EPIPE, errno.ECONNREFUSED), lane) from None
+            sent = e.errno not in (errno.EPIPE, errno.ECONNREFUSED)
+            if not sent:
+                lane.pending -= 1
+            raise LaneBroken(f"worker {lane.worker}: {e.strerror or e}", sent, lane) from None
         if got is None:
             raise LaneTimeout(lane)
         length, status, count, needed = got

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import layout as L
 from ._backend.segment import Segment
-from ._host import (LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
+from ._host import (Token, LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
                     gather, run_split, run_whole)
 from .errors import (DetectTimeout, PoolClosed, ServerUnavailable, UntrustedServer, WorkerDied,
                      from_status)
@@ -100,17 +100,17 @@ class Client:
                     break
                 lane = self._dial()
                 self.info(lane)
-                with self._lanes.cond:
-                    self._lanes.all.append(lane)
+                self._lanes.add(lane)
         return self._lanes.take(token, want, deadline, lambda: PoolClosed("the client is closed"))
 
     def _settle(self, token: object, broken: Lane | None = None) -> None:
-        with self._lanes.cond:
-            for lane in list(self._lanes.all):
-                if lane.holder is token and (lane.pending or lane is broken):
-                    self._lanes.all.remove(lane)      # state unknown: never reused
+        try:
+            for lane in self._lanes.held_by(token):
+                if lane.pending or lane is broken:
+                    self._lanes.remove(lane)          # state unknown: never reused
                     lane.close()
-        self._lanes.release(token)
+        finally:
+            self._lanes.release(token)
 
     # -- calls --------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class Client:
     def request(self, req: L.Request) -> L.Reply:
         """Send one request on a connection of its own and return the reply,
         whatever its status."""
-        token = object()
+        token = Token()
         try:
             [lane] = self._take(token, 1, deadline_of(self.timeout))
             lane.rid += 1
@@ -149,7 +149,7 @@ class Client:
 
     def send_raw(self, packet: bytes) -> L.Reply:
         """Send any bytes as one packet; the reply (for tests of bad requests)."""
-        token = object()
+        token = Token()
         try:
             [lane] = self._take(token, 1, deadline_of(self.timeout))
             return L.unpack_reply(memoryview(lane.buf)[:lane.exchange(packet, deadline_of(self.timeout))])
@@ -184,7 +184,7 @@ class Client:
         k = L.split_count(n, self.workers) if self.rows[row].split else 1
         deadline = deadline_of(self.timeout)
         for attempt in (0, 1):
-            token = object()
+            token = Token()
             broken = None
             try:
                 lanes = self._take(token, k, deadline)
@@ -252,11 +252,7 @@ class Client:
         lanes = self._lanes
         if lanes is None:
             return
-        with lanes.cond:
-            lanes.closed = True
-            all_lanes, lanes.all = lanes.all, []
-            lanes.cond.notify_all()
-        for lane in all_lanes:
+        for lane in lanes.close():
             lane.close()
 
     def __enter__(self):

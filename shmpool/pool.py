@@ -46,7 +46,7 @@ from ._backend.launch import START_METHODS
 from ._backend.segment import Segment, reap_orphans
 from ._backend.workers import Workers
 from ._forms import CallForms
-from ._host import (LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
+from ._host import (Token, LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
                     died, gather, run_split, run_whole, too_small_message)
 from .errors import BrokenPool, DetectTimeout, PoolClosed, ResultTooSmall
 from .returns import ReturnSegment
@@ -104,7 +104,7 @@ class Pool(CallForms):
         self.start_method = method
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()                 # worker (re)starts
-        self._staging: list[Segment] = []             # free large input segments
+        self._staging: list[_Staged] = []             # large input segments, reused
         self._shared: dict[int, tuple[int, Segment]] = {}   # address -> (end, segment of empty())
         self._owned: set[str] = set()                 # every segment name this pool must unlink
         self._rows: list[L.DetectorRow] = []
@@ -150,12 +150,12 @@ class Pool(CallForms):
                 return out.indices
             return np.empty(0, dtype=np.int64)
         k = L.split_count(n, self.workers) if self._rows[row].split else 1
-        token = object()
+        token = Token()
         try:
             lanes = self._take(token, k, deadline)
             if k == 1:
-                return self._whole(lanes[0], x, out, row, policy, params, deadline)
-            return self._split(lanes, x, out, row, policy, params, deadline)
+                return self._whole(token, lanes[0], x, out, row, policy, params, deadline)
+            return self._split(token, lanes, x, out, row, policy, params, deadline)
         finally:
             self._settle(token)
 
@@ -188,27 +188,21 @@ class Pool(CallForms):
             self._closed = True           # a forked child's copy: the parent's to close
             return
         lanes = self._lanes
-        with lanes.cond:
-            if self._closed and lanes.closed:
-                return
-            self._closed = lanes.closed = True
-            lanes.cond.notify_all()
-            end = time.monotonic() + timeout
-            while lanes.busy() and time.monotonic() < end:
-                lanes.cond.wait(end - time.monotonic())
+        if self._closed and lanes.closed:
+            return
+        self._closed = True
+        lanes.close()
+        _wait_idle(lanes, timeout)
         if self._workers is not None:
             self._workers.close()         # ends the calls still running: they raise PoolClosed
-        with lanes.cond:
-            end = time.monotonic() + 5.0
-            while lanes.busy() and time.monotonic() < end:
-                lanes.cond.wait(end - time.monotonic())
+        _wait_idle(lanes, 5.0)
         for lane in lanes.all:
             lane.close()
         with self._lock:
             shared, self._shared = list(self._shared.values()), {}
             staging, self._staging = self._staging, []
-        for segment in staging:
-            self._destroy(segment)
+        for st in staging:
+            self._destroy(st.segment)
         for _end, segment in shared:
             self._destroy(segment)        # live arrays keep their mapping, not the name
         self._stop_executor()
@@ -274,6 +268,8 @@ class Pool(CallForms):
     def _take(self, token: object, want: int, deadline: float | None) -> list[Lane]:
         lanes = self._lanes.take(token, want, deadline, self._closed_error)
         for lane in lanes:
+            if lane.pending:                     # an interrupted call left a reply coming
+                self._retire(lane)
             if lane.sock.fileno() < 0:           # retired: a new worker for it
                 self._restart(lane)
             elif want > 1 and not lane.alive():  # died while idle (a whole call retries instead)
@@ -300,11 +296,16 @@ class Pool(CallForms):
         return how
 
     def _settle(self, token: object) -> None:
-        """After a call, however it ended: retire lanes left mid-exchange, release all."""
+        """After a call, however it ended: retire lanes left mid-exchange, release all.
+        (Lanes also come back by themselves when the token dies: see Lanes.)"""
         try:
-            for lane in self._lanes.all:
-                if lane.holder is token and lane.pending:
+            for lane in self._lanes.held_by(token):
+                if lane.pending:
                     self._retire(lane)
+            with self._lock:
+                for st in self._staging:
+                    if st.holder is not None and st.holder() is token:
+                        st.holder = None
         finally:
             self._lanes.release(token)
 
@@ -351,13 +352,13 @@ class Pool(CallForms):
             raise TypeError(f"detector {self._rows[row].name!r} takes no threshold")
         return tuple(threshold if p == "threshold" else math.nan for p in names)
 
-    def _whole(self, lane: Lane, x: np.ndarray, out: ReturnSegment | None, row: int, policy: int,
-               params, deadline) -> np.ndarray:
+    def _whole(self, token: Token, lane: Lane, x: np.ndarray, out: ReturnSegment | None,
+               row: int, policy: int, params, deadline) -> np.ndarray:
         retried = False
         while True:
-            data_name, start, staging, own = self._place(x, lane)
+            data_name, start, own = self._place(token, x, lane)
+            target = out._seg if out is not None else lane.result
             try:
-                target = out._seg if out is not None else lane.result
                 count, needed = run_whole(lane, data_name, start, len(x), target, row, policy,
                                           params, deadline, own)
             except (LaneBroken, LaneTimeout) as e:
@@ -368,9 +369,6 @@ class Pool(CallForms):
                     self._restart(lane)
                     continue
                 raise err from None
-            finally:
-                if staging is not None:
-                    self._return_staging(staging)
             if count == needed:
                 break
             if out is not None:
@@ -380,31 +378,27 @@ class Pool(CallForms):
             return out.indices
         return lane.result.region()[:count].copy()
 
-    def _split(self, lanes: list[Lane], x: np.ndarray, out: ReturnSegment | None, row: int,
-               policy: int, params, deadline) -> np.ndarray:
-        data_name, start, staging, place = self._place_split(x)
+    def _split(self, token: Token, lanes: list[Lane], x: np.ndarray, out: ReturnSegment | None,
+               row: int, policy: int, params, deadline) -> np.ndarray:
+        data_name, start, place = self._place_split(token, x)
         try:
-            try:
-                parts = run_split(lanes, data_name, start, len(x), row, policy, params, deadline,
-                                  self._grow, place)
-            except (LaneBroken, LaneTimeout) as e:
-                if isinstance(e, LaneBroken):
-                    e.sent = True                # the call had begun: never retried
-                raise self._failed(e) from None
-            if out is None:
-                return gather(parts, None)
-            gather(parts, out._seg)
-            return out.indices
-        finally:
-            if staging is not None:
-                self._return_staging(staging)
+            parts = run_split(lanes, data_name, start, len(x), row, policy, params, deadline,
+                              self._grow, place)
+        except (LaneBroken, LaneTimeout) as e:
+            if isinstance(e, LaneBroken):
+                e.sent = True                    # the call had begun: never retried
+            raise self._failed(e) from None
+        if out is None:
+            return gather(parts, None)
+        gather(parts, out._seg)
+        return out.indices
 
     # -- segments -----------------------------------------------------------------
 
     def _new_segment(self, capacity: int, kind: int) -> Segment:
-        segment = Segment.create(capacity, kind)
-        self._owned.add(segment.name)
-        return segment
+        name = seg_mod.new_name()
+        self._owned.add(name)             # first: whatever interrupts create, close unlinks it
+        return Segment.create(capacity, kind, name)
 
     def _destroy(self, segment: Segment) -> None:
         """Unlink a segment of the pool's; workers unmap it within a second."""
@@ -430,54 +424,72 @@ class Pool(CallForms):
                     return segment.name, (addr - begin) // 8
         return None
 
-    def _place(self, x: np.ndarray, lane: Lane):
-        """Where the worker reads x: (segment name, first element, staging to
-        return, x when run_whole is to copy it into the lane's own input)."""
+    def _place(self, token: Token, x: np.ndarray, lane: Lane):
+        """Where the worker reads x: (segment name, first element, x when
+        run_whole is to copy it into the lane's own input)."""
         shared = self._shared_place(x)
         if shared is not None:
-            return shared[0], shared[1], None, None
+            return shared[0], shared[1], None
         n = len(x)
         if n <= LANE_INPUT:
             if x.dtype == np.float64 and x.flags.c_contiguous:
-                return lane.data.name, 0, None, x
-            segment, staging = lane.data, None
+                return lane.data.name, 0, x
+            segment = lane.data
         else:
-            segment = staging = self._take_staging(n)
+            segment = self._take_staging(token, n)
         np.copyto(segment.region()[:n], x, casting="unsafe")
         segment.set_count(n)
-        return segment.name, 0, staging, None
+        return segment.name, 0, None
 
-    def _place_split(self, x: np.ndarray):
+    def _place_split(self, token: Token, x: np.ndarray):
         shared = self._shared_place(x)
         if shared is not None:
-            return shared[0], shared[1], None, None
+            return shared[0], shared[1], None
         n = len(x)
-        staging = self._take_staging(n)
+        staging = self._take_staging(token, n)
         staging.set_count(n)
         region = staging.region()
 
         def place(_i: int, a: int, b: int) -> None:
             np.copyto(region[a:b], x[a:b], casting="unsafe")
 
-        return staging.name, 0, staging, place
+        return staging.name, 0, place
 
-    def _take_staging(self, n: int) -> Segment:
+    def _take_staging(self, token: Token, n: int) -> Segment:
+        """A large input segment for one call, held (like lanes) while its token lives."""
+        ref = weakref.ref(token)
         with self._lock:
-            fits = [s for s in self._staging if n <= s.capacity <= 2 * n]
-            if fits:
-                segment = min(fits, key=lambda s: s.capacity)
-                self._staging.remove(segment)
-                return segment
-        return self._new_segment(-(-n // LANE_INPUT) * LANE_INPUT, L.KIND_DATA)
+            best = None
+            for st in self._staging:
+                if _free(st) and n <= st.segment.capacity <= 2 * n and (
+                        best is None or st.segment.capacity < best.segment.capacity):
+                    best = st
+            if best is not None:
+                best.holder = ref
+                return best.segment
+        segment = self._new_segment(-(-n // LANE_INPUT) * LANE_INPUT, L.KIND_DATA)
+        with self._lock:
+            self._staging.append(_Staged(segment, ref))
+            free = [st for st in self._staging if _free(st)]
+            drop = free[:max(0, len(free) - STAGING_KEPT)]
+            for st in drop:
+                self._staging.remove(st)
+        for st in drop:
+            self._destroy(st.segment)
+        return segment
 
-    def _return_staging(self, segment: Segment) -> None:
-        with self._lock:
-            if not self._closed:
-                self._staging.append(segment)
-                if len(self._staging) <= STAGING_KEPT:
-                    return
-                segment = self._staging.pop(0)
-        self._destroy(segment)
+
+class _Staged:
+    """A large input segment and the call holding it."""
+
+    __slots__ = ("segment", "holder")
+
+    def __init__(self, segment: Segment, holder):
+        self.segment, self.holder = segment, holder
+
+
+def _free(st: _Staged) -> bool:
+    return st.holder is None or st.holder() is None
 
 
 # -- module helpers -----------------------------------------------------------------
@@ -501,11 +513,18 @@ def _forked_child() -> None:
                     slot.ctrl.close()
                 if slot.proc is not None:
                     slot.proc.close()
-        pool._lanes.cond = threading.Condition()
+        pool._lanes.mutex = threading.Lock()
+        pool._lanes.waiters = []
         pool._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forked_child)
+
+
+def _wait_idle(lanes: Lanes, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while lanes.busy() and time.monotonic() < end:
+        time.sleep(0.005)
 
 
 def _drop_shared(pool_ref, addr: int) -> None:

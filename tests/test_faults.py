@@ -1,8 +1,11 @@
-"""Workers that die: each way of dying fails only its own call."""
+"""Workers that die, launchers that die, interrupts: each fails only its own call."""
 
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -11,9 +14,10 @@ import psutil
 import pytest
 
 from conftest import START_METHODS, our_segments, planted
-from shmpool import Pool, WorkerDied, reference
+from shmpool import DetectorError, DetectTimeout, Pool, WorkerDied
+from shmpool._backend import launch
 
-# (detector that dies, words the error must contain)
+# (detector that dies, words the error must contain): the ways to die
 CRASHES = [
     ("shmpool.testing:sigkill_self", "SIGKILL"),
     ("shmpool.testing:segfault", "SIGSEGV"),
@@ -23,15 +27,16 @@ CRASHES = [
 
 @pytest.mark.parametrize("start_method", START_METHODS)
 @pytest.mark.parametrize("detector,words", CRASHES, ids=[c[1] for c in CRASHES])
-def test_a_dying_detector_fails_only_its_call(start_method, detector, words):
+def test_a_dying_detector_fails_only_its_call(start_method, detector, words, capfd):
     with Pool(workers=2, detector=detector, start_method=start_method) as p:
         pids = set(p.worker_pids())
         with pytest.raises(WorkerDied, match=words):
             p.detect([1.0, 2.0, 3.0])
         assert len(set(p.worker_pids())) == 1          # the survivor; the dead one is gone
-        with pytest.raises(WorkerDied, match=words):   # the slot restarts and serves again
+        with pytest.raises(WorkerDied, match=words):   # the lane restarts and serves again
             p.detect([1.0, 2.0, 3.0])
         assert set(p.worker_pids()) != pids
+    assert "Fatal Python error" not in capfd.readouterr().err   # a passing run prints nothing alarming
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)
@@ -56,6 +61,11 @@ def test_a_worker_dying_between_calls_fails_no_call(pool):
     time.sleep(0.2)
     for seed in range(4):
         assert pool.detect(planted(seed)).tolist() == [7, 113, 835]
+    for pid in pool.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    big = np.random.default_rng(1).standard_normal(600_000)
+    assert len(pool.detect(big)) > 0                   # a split call finds them dead first
 
 
 def kill_quietly(pids):
@@ -66,7 +76,7 @@ def kill_quietly(pids):
             pass
 
 
-def test_random_kills_during_chunked_calls_never_give_a_wrong_answer():
+def test_random_kills_during_split_calls_never_give_a_wrong_answer():
     """SIGKILL at random moments of big split calls: an error or the right
     answer, never a partial one; the pool keeps serving."""
     rng = np.random.default_rng(0)
@@ -74,7 +84,7 @@ def test_random_kills_during_chunked_calls_never_give_a_wrong_answer():
     with Pool(workers=2) as p:
         buf = p.empty(4_000_000)
         buf[:] = rng.standard_normal(len(buf))
-        expected = reference(buf)
+        expected = p.detect(buf)
         outcomes = {"died": 0, "ok": 0}
         for trial in range(12):
             pids = p.worker_pids()
@@ -88,8 +98,141 @@ def test_random_kills_during_chunked_calls_never_give_a_wrong_answer():
                 assert np.array_equal(got, expected)
                 outcomes["ok"] += 1
             killer.join()
-            psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=0.5)
+            psutil.wait_procs([psutil.Process(q) for q in pids if psutil.pid_exists(q)], timeout=0.5)
         assert np.array_equal(p.detect(buf), expected)
         del buf
     assert sum(outcomes.values()) == 12
     assert set(our_segments()) <= before
+
+
+def test_a_detector_exception_whose_str_raises_is_still_a_detector_error():
+    """It used to kill the worker: the caller got WorkerDied (issue 10.10)."""
+    with Pool(workers=1, detector="shmpool.testing:raises_unprintable") as p:
+        pid = p.worker_pids()
+        with pytest.raises(DetectorError, match="whose str.. raised") as e:
+            p.detect([1.0, 2.0])
+        assert e.value.remote_type == "BadStr" and "raises_unprintable" in str(e.value.__cause__)
+        assert p.worker_pids() == pid                  # the worker lives on
+
+
+def test_a_dead_zygote_neither_hides_nor_spares_a_stuck_worker():
+    """With multiprocessing's forkserver dead, a stuck worker survived both
+    DetectTimeout and close() (issue 10.11).  Workers are held by pidfds."""
+    with Pool(workers=1, detector="shmpool.testing:slow_on_13") as p:
+        [stuck] = p.worker_pids()
+        os.kill(launch.zygote_pid(), signal.SIGKILL)
+        with pytest.raises(DetectTimeout, match="stopped"):
+            p.detect(np.arange(13.0), timeout=0.5)
+        assert not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE
+        assert p.detect(planted(1)).tolist() == [7, 113, 835]     # a new zygote, a new worker
+        fut = p.submit(np.arange(13.0))
+        time.sleep(0.3)
+        [again] = p.worker_pids()
+        os.kill(launch.zygote_pid(), signal.SIGKILL)
+        t0 = time.monotonic()
+        p.close(timeout=0.2)
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(Exception):
+            fut.result(timeout=5)
+    assert psutil.wait_procs([psutil.Process(again)], timeout=2)[1] == [] \
+        if psutil.pid_exists(again) else True
+
+
+def interrupt_at(k: int, root: str):
+    """A profiler that raises KeyboardInterrupt at the k-th point of shmpool
+    code where CPython would run a pending Ctrl-C handler: entering a function,
+    or just after a C function returns."""
+    seen = [0]
+
+    def profiler(frame, event, arg):
+        if event in ("call", "c_return") and frame.f_code.co_filename.startswith(root):
+            seen[0] += 1
+            if seen[0] == k:
+                raise KeyboardInterrupt
+    return profiler, seen
+
+
+def test_an_interrupt_at_any_point_never_leaks_a_worker():
+    """A Ctrl-C at every point of the detect path where one can land, one run
+    each (issue 10.12: an unlucky one left a worker busy for good, so every
+    later call waited forever): the next call works at once, on one worker."""
+    import shmpool
+    root = os.path.dirname(shmpool.__file__)
+    with Pool(workers=1) as p:
+        x = planted(0)
+        big = np.random.default_rng(1).standard_normal(300_000)
+        points = {}
+        for name, data in (("small", x), ("split", big), ("zero-copy", p.empty(1000))):
+            if name == "zero-copy":
+                data[:] = x
+            k = 0
+            while True:
+                k += 1
+                profiler, seen = interrupt_at(k, root)
+                sys.setprofile(profiler)
+                try:
+                    p.detect(data, timeout=30)
+                    finished = True
+                except KeyboardInterrupt:
+                    finished = False
+                finally:
+                    sys.setprofile(None)
+                assert p._lock.acquire(timeout=5), f"{name}: point {k} left the pool's lock held"
+                p._lock.release()
+                t0 = time.monotonic()
+                assert p.detect(x, timeout=10).tolist() == [7, 113, 835], f"{name}: point {k}"
+                assert time.monotonic() - t0 < 5, f"{name}: point {k} slowed the next call"
+                assert p._lanes.busy() == 0, f"{name}: point {k} leaked a lane"
+                if finished:
+                    break
+            points[name] = k
+        assert min(points.values()) > 40, points
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 5
+
+
+SCRIPT_ENDS_WITH_A_CALL_IN_FLIGHT = """
+import numpy as np
+from shmpool import Pool
+p = Pool(workers=1, detector="shmpool.testing:slow_on_13")
+f = p.submit(np.arange(13.0))
+import time; time.sleep(0.3)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_does_not_wait_for_a_call_in_flight():
+    """The script waited 30 s for the call to finish (issue 10.13)."""
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", SCRIPT_ENDS_WITH_A_CALL_IN_FLIGHT],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "exiting", r.stderr
+    assert time.monotonic() - t0 < 10
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+CTRL_C_DURING_START = """
+import sys, time
+from shmpool import Pool
+print("starting", flush=True)
+try:
+    Pool(workers=2, startup_timeout=60)
+    time.sleep(30)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_while_a_pool_starts_prints_no_worker_noise():
+    """A terminal's Ctrl-C reaches the whole foreground group; workers and
+    the zygote live in their own session and say nothing (issue 10.21)."""
+    for delay in (0.05, 0.15, 0.4):
+        proc = subprocess.Popen([sys.executable, "-c", CTRL_C_DURING_START], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout.readline().strip() == "starting"
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)           # what the terminal does
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode in (130, -signal.SIGINT, 1), err
+        assert "BrokenPipeError" not in err and "Traceback" not in err.replace(
+            "KeyboardInterrupt", ""), err

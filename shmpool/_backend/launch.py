@@ -150,7 +150,7 @@ class _Zygote:
     def collect(self) -> None:
         """Read every EXITED message waiting."""
         with self.lock:
-            while select.select([self.sock], [], [], 0)[0]:
+            while self.sock.fileno() >= 0 and select.select([self.sock], [], [], 0)[0]:
                 try:
                     _kind, _body, fds = self._recv(time.monotonic())
                 except (BrokenPool, OSError, ValueError):
@@ -295,7 +295,8 @@ class Launcher:
             return proc.status
         z = proc.zygote
         deadline = time.monotonic() + timeout
-        while z is not None and proc.pid not in z.exited and z.alive() and time.monotonic() < deadline:
+        while (z is not None and proc.pid not in z.exited and z.alive() and z.sock.fileno() >= 0
+               and time.monotonic() < deadline):
             select.select([z.sock], [], [], max(0.0, deadline - time.monotonic()))
             z.collect()
         if z is not None:

@@ -181,17 +181,20 @@ class Segment:
     _creator = 0                 # pid that created it: only that process unlinks
 
     @classmethod
-    def create(cls, capacity: int, kind: int = L.KIND_DATA) -> "Segment":
+    def create(cls, capacity: int, kind: int = L.KIND_DATA, name: str | None = None) -> "Segment":
+        """Create, reserve and map a new segment (named *name*, which the caller
+        may have recorded for cleanup before the file exists)."""
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self = cls()
-        self.name, self.kind, self.capacity, self.writable = new_name(), kind, capacity, True
+        self.name, self.kind, self.capacity, self.writable = name or new_name(), kind, capacity, True
         self.size = L.segment_size(capacity)
-        path = os.path.join(SHM_DIR, self.name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self._created, self._creator = True, os.getpid()
         _Owner.live.add(self.name)
+        self._created, self._creator = True, os.getpid()
+        fd = -1
         try:
+            fd = os.open(os.path.join(SHM_DIR, self.name),
+                         os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 # Reserve every byte now: a full /dev/shm is an error here, not
                 # a SIGBUS at some later write.
@@ -207,10 +210,15 @@ class Segment:
             self._mmap = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
                                    prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
-            self.unlink()
+            if fd >= 0:
+                self.unlink()             # ours: we created it
+            else:
+                self._created = False     # never created (or not known to be: a name
+                _Owner.live.discard(self.name)   # recorded by the caller still covers it)
             raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._mmap[:L.HEADER_SIZE] = L.pack_header(L.SegmentHeader(kind, capacity, 0))
         return self
 

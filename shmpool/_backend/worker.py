@@ -112,6 +112,8 @@ class Handler:
                                                 "its count is 0 and its region's contents are "
                                                 "unspecified"))
         except Exception as e:  # noqa: BLE001 - every failure is a reply, never a crash
+            if isinstance(e, L.DecodeError):
+                rid = e.request_id               # 0 when the packet was not a request
             status, etype, message, tb = self._describe(e)
             if out is not None:
                 out.set_result(0, status, 0)
@@ -157,7 +159,7 @@ class Handler:
         try:
             return self.cache.region(name, kind, tag)
         except _CACHE_ERRORS as e:
-            status, message = e.args[0]
+            status, message = e.args[:2]
             raise from_status(status, "", message) from None
 
     def _data(self, req: L.Request, tag: int) -> np.ndarray:

@@ -55,6 +55,8 @@ class Workers:
         """Start worker i and wait until it serves; raises BrokenPool, or the
         error that kept it from loading its detectors."""
         slot = self.slots[i]
+        if slot.proc is not None:           # an interrupted restart left one behind
+            self.stop(i)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             keep = [theirs.fileno()]
