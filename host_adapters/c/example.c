@@ -1,6 +1,6 @@
 /*
  * example: the classic shmpool demo.  1,000 uniform [0,1) values with +97
- * added at 7, 113 and 835; the server's detector finds exactly those.
+ * added at 7, 113 and 835; the server's default detector finds exactly those.
  *
  *   build/example [SOCKET]     (default: $SHMPOOL_SOCKET, else
  *                               /tmp/shmpool-<uid>.sock)
@@ -10,16 +10,43 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f, const char *argv0)
+{
+    fprintf(f,
+            "usage: %s [SOCKET]\n"
+            "Runs the shmpool demo (1,000 values, outliers at 7, 113 and 835) on the\n"
+            "server at SOCKET (default: $SHMPOOL_SOCKET, else /tmp/shmpool-<uid>.sock)\n"
+            "and prints the indices it finds: [7 113 835]\n",
+            argv0);
+}
 
 int main(int argc, char **argv)
 {
     enum { N = 1000 };
     static double x[N];
     uint64_t state = 0x9E3779B97F4A7C15ull; /* xorshift64* */
+    char path[256];
     shmpool_client *client;
     int64_t *idx;
     size_t n, i;
     int err;
+
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout, argv[0]);
+        return 0;
+    }
+    if (argc > 2 || (argc == 2 && argv[1][0] == '-')) {
+        usage(stderr, argv[0]);
+        return 2;
+    }
+    if (argc == 2) {
+        snprintf(path, sizeof path, "%s", argv[1]);
+    } else if (shmpool_socket_path(path, sizeof path) != 0) {
+        fprintf(stderr, "example: $SHMPOOL_SOCKET is too long\n");
+        return 1;
+    }
 
     for (i = 0; i < N; i++) {
         state ^= state >> 12;
@@ -31,9 +58,9 @@ int main(int argc, char **argv)
     x[113] += 97;
     x[835] += 97;
 
-    err = shmpool_dial(argc > 1 ? argv[1] : NULL, &client);
+    err = shmpool_dial(path, &client);
     if (err != 0) {
-        fprintf(stderr, "example: cannot connect: %s\n", shmpool_strerror(err));
+        fprintf(stderr, "example: cannot connect to %s: %s\n", path, shmpool_strerror(err));
         return 1;
     }
     err = shmpool_detect(client, x, N, &idx, &n);

@@ -29,7 +29,7 @@ func (s *shared) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refs--
-	if s.closed && s.refs == 0 && s.seg.mem != nil {
+	if s.closed && s.refs == 0 {
 		s.seg.unmap()
 	}
 }
@@ -53,22 +53,24 @@ func (s *shared) close() error {
 // Buffer is a shared-memory segment of float64 values that the program
 // writes directly and the server's workers read without a copy. Make one
 // with Client.NewBuffer, fill Data, and pass it to Client.DetectBuffer,
-// Client.DetectRange or Client.DetectInto.
+// Client.DetectRange or Client.DetectInto, of any Client.
 //
-// Close, Len and the Detect calls are safe for concurrent use, and any
-// number of calls may read one Buffer at once. Writing to Data while a call
-// on that part of it is in progress gives undefined results (but no crash).
+// Close, Len, Data and the Detect calls are safe for concurrent use, and
+// any number of calls may read one Buffer at once. Writing to Data while a
+// call on that part of it is in progress gives undefined results (but no
+// crash).
 type Buffer struct {
 	shared
 	data []float64
 }
 
 // NewBuffer creates a Buffer of n float64 values, all zero, in /dev/shm.
+// It is safe to call from any goroutine.
 // Failing to reserve the memory (for instance because /dev/shm is full) is
 // an error now, never a SIGBUS later. The caller must Close the Buffer; the
 // Client's Close does not.
 func (c *Client) NewBuffer(n int) (*Buffer, error) {
-	if c.isClosed() {
+	if c.closed.Load() {
 		return nil, ErrClosed
 	}
 	if n < 0 {
@@ -83,7 +85,8 @@ func (c *Client) NewBuffer(n int) (*Buffer, error) {
 
 // Data returns the Buffer's values, backed by shared memory: writes go
 // straight to the segment the workers read. The slice must not be used
-// after Close (the memory is unmapped). Data returns nil after Close.
+// after Close (the memory is unmapped). Data returns nil after Close. It
+// is safe to call from any goroutine.
 func (b *Buffer) Data() []float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -93,30 +96,34 @@ func (b *Buffer) Data() []float64 {
 	return b.data
 }
 
-// Len returns the number of values the Buffer holds.
+// Len returns the number of values the Buffer holds. It is safe to call
+// from any goroutine.
 func (b *Buffer) Len() int { return len(b.data) }
 
 // Close unlinks the Buffer's segment and unmaps it once no call is using it.
 // A call still in progress completes or fails with an error (the server may
-// find the segment gone); it never touches unmapped memory. Close may be
-// called more than once.
+// find the segment gone); it never touches unmapped memory. Close is safe
+// to call from any goroutine, and more than once.
 func (b *Buffer) Close() error { return b.shared.close() }
 
 // Result is a caller-managed result segment: Client.DetectInto writes the
 // indices of an answer into it, and Indices reads them without a copy.
 // Make one with Client.NewResult; the caller must Close it.
 //
-// Calls on one Result are serialized; Close and Len are safe for concurrent
-// use. The slice Indices returns is overwritten by the next DetectInto.
+// Calls on one Result are serialized; Close, Cap and Len are safe for
+// concurrent use. The slice Indices returns is overwritten by the next
+// DetectInto.
 type Result struct {
 	shared
 	callMu sync.Mutex // held by DetectInto
 	n      int        // indices in the last answer, under mu
 }
 
-// NewResult creates a Result with room for capacity indices.
+// NewResult creates a Result with room for capacity indices. The caller
+// must Close it; the Client's Close does not. It is safe to call from any
+// goroutine.
 func (c *Client) NewResult(capacity int) (*Result, error) {
-	if c.isClosed() {
+	if c.closed.Load() {
 		return nil, ErrClosed
 	}
 	if capacity < 0 {
@@ -129,10 +136,12 @@ func (c *Client) NewResult(capacity int) (*Result, error) {
 	return &Result{shared: shared{seg: seg}}, nil
 }
 
-// Cap returns how many indices the Result holds at most.
+// Cap returns how many indices the Result holds at most. It is safe to call
+// from any goroutine.
 func (r *Result) Cap() int { return r.seg.capacity }
 
 // Len returns the number of indices of the last successful DetectInto, or 0.
+// It is safe to call from any goroutine.
 func (r *Result) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -148,7 +157,8 @@ func (r *Result) setLen(n int) {
 // Indices returns the indices of the last successful DetectInto, ascending
 // and relative to the range's start, as a view of the shared memory. The
 // view is valid until the next DetectInto on r or Close; it is nil after
-// Close.
+// Close. Indices is safe to call from any goroutine, but reading the view
+// while another goroutine runs DetectInto on r sees a half-written answer.
 func (r *Result) Indices() []int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -159,5 +169,5 @@ func (r *Result) Indices() []int64 {
 }
 
 // Close unlinks the Result's segment and unmaps it once no call is using
-// it. Close may be called more than once.
+// it. Close is safe to call from any goroutine, and more than once.
 func (r *Result) Close() error { return r.shared.close() }

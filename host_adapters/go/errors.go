@@ -7,30 +7,37 @@ import (
 )
 
 // ErrClosed is returned by calls on a Client, Buffer or Result after its
-// Close method has been called.
+// Close method has been called, including calls that Close interrupted.
+// It is a plain error value, safe to compare from any goroutine.
 var ErrClosed = errors.New("shmpool: use of closed client, buffer or result")
 
-// Error is a call the server answered with a status other than OK, such as
-// an exception raised by the Python detector. Use errors.As to get at it:
+// Error is a call that failed with a status code of LAYOUT.md section 3:
+// the server answered with a status other than OK (an exception raised by
+// the Python detector, non-finite data, a segment problem, BUSY, ...), the
+// worker died during the call (StatusWorkerDied), the call ran past its
+// timeout (StatusTimeout), or the Client refused the call's options before
+// sending it (StatusBadValue, StatusOutOfRange). Use errors.As to get at
+// it:
 //
 //	var e *shmpool.Error
 //	if errors.As(err, &e) && e.Status == shmpool.StatusTooSmall {
 //		// grow the result to e.Needed and try again
 //	}
 //
-// Errors about the connection itself (the server went away, a malformed
-// reply) are not *Error values.
+// Failures of the connection itself (no server, a malformed reply) are
+// plain errors, not *Error values. An *Error is not modified after it is
+// returned, so it may be read from any goroutine.
 type Error struct {
-	Status    Status // the reply's status code, never StatusOK
+	Status    Status // the status code, never StatusOK
 	Type      string // the Python exception's class name, e.g. "ValueError"; may be empty
-	Message   string // the exception's text
+	Message   string // the exception's text, or what went wrong
 	Traceback string // the worker's formatted Python traceback, when the detector raised
 	Needed    int    // StatusTooSmall: the indices the answer has
-	RequestID uint64 // the request the reply answers
+	RequestID uint64 // the request the reply answers (0 for the Client's own verdicts)
 }
 
 // Error returns "shmpool: <type>: <message> (<STATUS>)", leaving out the
-// parts that are empty.
+// parts that are empty. It is safe to call from any goroutine.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("shmpool: ")
@@ -50,10 +57,11 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-func replyError(r reply) *Error {
-	return &Error{Status: r.Status, Type: r.Type, Message: r.Message,
-		Traceback: r.Traceback, Needed: clampInt(r.Needed), RequestID: r.RequestID}
-}
+// Timeout reports whether the call ran out of time: the Client's own call
+// timeout, or the server's --timeout (both StatusTimeout). It makes *Error
+// satisfy the interface net.Error and os.IsTimeout look for. It is safe to
+// call from any goroutine.
+func (e *Error) Timeout() bool { return e.Status == StatusTimeout }
 
 func clampInt(v uint64) int {
 	const maxInt = int(^uint(0) >> 1)

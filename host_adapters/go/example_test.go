@@ -6,6 +6,7 @@ import (
 	"log"
 	"math"
 	"math/rand"
+	"time"
 
 	shmpool "github.com/shmpool/shmpool/host_adapters/go"
 )
@@ -73,6 +74,38 @@ func ExampleClient_DetectBuffer() {
 	// [13 735]
 }
 
+// A call over 262,144 values or more is split over the server's workers
+// (LAYOUT.md 5): each summarizes its chunk of the Buffer in place, one
+// combines the summaries, each flags its chunk.
+func ExampleClient_DetectBuffer_split() {
+	c, err := shmpool.Dial(shmpool.DefaultSocketPath())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	b, err := c.NewBuffer(1000000)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+	x := b.Data()
+	rng := rand.New(rand.NewSource(2))
+	for i := range x {
+		x[i] = rng.Float64()
+	}
+	x[123456] += 50
+	x[500000] -= 50
+	x[999999] += 50
+
+	idx, err := c.DetectBuffer(b, shmpool.Options{Threshold: 5})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(idx)
+	// Output: [123456 500000 999999]
+}
+
 func ExampleClient_DetectInto() {
 	c, err := shmpool.Dial(shmpool.DefaultSocketPath())
 	if err != nil {
@@ -128,4 +161,47 @@ func ExampleError() {
 		fmt.Println(e.Status, e.Type != "", e.Message != "")
 	}
 	// Output: NON_FINITE true true
+}
+
+func ExampleClient_Detectors() {
+	c, err := shmpool.Dial(shmpool.DefaultSocketPath())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// Row 0 is the server's default detector.
+	d := c.Detectors()[0]
+	fmt.Println(d.Name, d.Split, d.Params)
+
+	// Parameters by name; a threshold of exactly 0 flags every value that
+	// is not the mean.
+	idx, err := c.DetectWith([]float64{1, 1, 1, 5}, shmpool.Options{
+		Detector: "classic", Params: map[string]float64{"threshold": 0}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(idx)
+	// Output:
+	// classic true [{threshold 2}]
+	// [0 1 2 3]
+}
+
+func ExampleDialConfig() {
+	// Give up connecting after 2 s, and on any call after 500 ms (its
+	// connection is then closed: a late reply is never misread).
+	c, err := shmpool.DialConfig(shmpool.DefaultSocketPath(), shmpool.Config{
+		DialTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	idx, err := c.Detect(data())
+	var e *shmpool.Error
+	if errors.As(err, &e) && e.Timeout() {
+		log.Fatal("too slow: ", err)
+	}
+	fmt.Println(idx, err)
+	// Output: [7 113 835] <nil>
 }

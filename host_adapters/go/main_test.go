@@ -5,24 +5,34 @@ package shmpool
 //   - $SHMPOOL_SOCKET set: that server (already running; never stopped).
 //   - $SHMPOOL_TEST_SERVER=fake: the Go fake of fakeserver_test.go, for
 //     working without Python.
-//   - otherwise a real one: $SHMPOOL_PYTHON (default ../../.venv/bin/python,
-//     else python3) -m shmpool serve --socket <tmp>/s.sock --workers 2, run
-//     from the repository root, stopped with SIGTERM at the end.
+//   - otherwise a real one: $SHMPOOL_PYTHON (default
+//     /work/main/.venv/bin/python, i.e. ../../.venv/bin/python, else
+//     python3) -m shmpool serve --socket <tmp>/s.sock --workers 2, run from
+//     the repository root, stopped with SIGTERM at the end.
 //
 // It exports the socket as $SHMPOOL_SOCKET for the examples, and after the
-// run fails if any segment of this process is left in /dev/shm.
+// run fails if anything of this process is left in /dev/shm.
+//
+// With $SHMPOOL_FAKE_SERVE=<socket> the test binary is instead a fake
+// server in a process of its own ($SHMPOOL_FAKE_WORKERS workers), which
+// the benchmarks use when there is no Python server.
 
 import (
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 )
+
+var extraServers atomic.Int64
 
 var testServer struct {
 	socket string
@@ -33,7 +43,26 @@ var testServer struct {
 }
 
 func TestMain(m *testing.M) {
+	if path := os.Getenv("SHMPOOL_FAKE_SERVE"); path != "" {
+		serveFakeProcess(path)
+		return
+	}
 	os.Exit(testMain(m))
+}
+
+// serveFakeProcess runs a fake server until SIGTERM.
+func serveFakeProcess(path string) {
+	workers, _ := strconv.Atoi(os.Getenv("SHMPOOL_FAKE_WORKERS"))
+	f, err := startFakeServer(path, max(workers, 1))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake server:", err)
+		os.Exit(1)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	f.stop()
+	os.Remove(path)
 }
 
 func testMain(m *testing.M) (code int) {
@@ -47,9 +76,10 @@ func testMain(m *testing.M) (code int) {
 		if testServer.proc != nil && code != 0 {
 			fmt.Fprintf(os.Stderr, "--- server log (%s) ---\n%s\n", testServer.proc.logPath, testServer.proc.log())
 		}
+		tearDownBench()
 		tearDownServer()
 		if left, err := listOwnSegments(); err != nil || len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "shmpool tests: segments left in /dev/shm: %v %v\n", left, err)
+			fmt.Fprintf(os.Stderr, "shmpool tests: left in /dev/shm: %v %v\n", left, err)
 			code = 1
 		}
 	}()
@@ -70,7 +100,7 @@ func setUpServer() error {
 	os.Setenv("SHMPOOL_SOCKET", testServer.socket) // for the examples
 	if os.Getenv("SHMPOOL_TEST_SERVER") == "fake" {
 		testServer.kind = "fake"
-		testServer.fake, err = startFakeServer(testServer.socket)
+		testServer.fake, err = startFakeServer(testServer.socket, 2)
 		return err
 	}
 	testServer.kind = "python"
@@ -92,7 +122,7 @@ func tearDownServer() {
 	}
 }
 
-// serverProc is a python server this test process started, in its own
+// serverProc is a server process this test process started, in its own
 // process group so that its workers can be found and stopped with it.
 type serverProc struct {
 	cmd     *exec.Cmd
@@ -113,20 +143,36 @@ func pythonPath() string {
 	return "python3"
 }
 
+// startPythonServer starts `python -m shmpool serve --socket socket
+// --workers 2 extra...` (a later --workers in extra wins) and waits until
+// it answers.
 func startPythonServer(socket, logPath string, extra ...string) (*serverProc, error) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		return nil, err
 	}
+	args := append([]string{"-m", "shmpool", "serve", "--socket", socket, "--workers", "2"}, extra...)
+	return startProc(exec.Command(pythonPath(), args...), root, socket, logPath)
+}
+
+// startFakeProcess starts this test binary as a fake server process.
+func startFakeProcess(socket, logPath string, workers int) (*serverProc, error) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(withoutEnv(os.Environ(), "SHMPOOL_SOCKET"), "SHMPOOL_FAKE_SERVE="+socket,
+		"SHMPOOL_FAKE_WORKERS="+strconv.Itoa(workers))
+	return startProc(cmd, "", socket, logPath)
+}
+
+func startProc(cmd *exec.Cmd, dir, socket, logPath string) (*serverProc, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"-m", "shmpool", "serve", "--socket", socket, "--workers", "2"}, extra...)
-	cmd := exec.Command(pythonPath(), args...)
-	cmd.Dir = root
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = withoutEnv(os.Environ(), "SHMPOOL_SOCKET")
+	if cmd.Env == nil {
+		cmd.Env = withoutEnv(os.Environ(), "SHMPOOL_SOCKET")
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -182,13 +228,13 @@ func (p *serverProc) kill() {
 	p.logFile.Close()
 }
 
-// waitForServer dials socket until the server answers a PING.
+// waitForServer dials socket until a worker answers a PING.
 func waitForServer(socket string, limit time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(limit)
 	var err error
 	for time.Now().Before(deadline) {
 		var c *Client
-		if c, err = Dial(socket); err == nil {
+		if c, err = DialConfig(socket, Config{DialTimeout: 2 * time.Second, CallTimeout: 5 * time.Second}); err == nil {
 			err = c.Ping()
 			c.Close()
 			if err == nil {
@@ -204,11 +250,49 @@ func waitForServer(socket string, limit time.Duration, exited <-chan struct{}) e
 	return fmt.Errorf("no PING answer on %s within %v: %v", socket, limit, err)
 }
 
-// testClient dials the TestMain server and closes the client at the end of
-// the test.
-func testClient(t testing.TB) *Client {
+// extraServer starts a server of the TestMain kind with the given workers
+// (and, for Python, extra arguments) on a socket of its own, stopped at the
+// end of the test. It skips the test for an external server, and for a
+// fake when Python arguments are needed.
+func extraServer(t *testing.T, workers int, extra ...string) (socket string, f *fakeServer, p *serverProc) {
 	t.Helper()
-	c, err := Dial(testServer.socket)
+	dir := testServer.logDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	socket = filepath.Join(dir, fmt.Sprintf("extra-%d.sock", extraServers.Add(1)))
+	switch testServer.kind {
+	case "python":
+		args := append([]string{"--workers", strconv.Itoa(workers)}, extra...)
+		p, err := startPythonServer(socket, socket+".log", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := p.stop(); err != nil {
+				t.Errorf("stopping %s: %v\n%s", socket, err, p.log())
+			}
+		})
+		return socket, nil, p
+	case "fake":
+		if len(extra) > 0 {
+			t.Skipf("needs a Python server (%s)", strings.Join(extra, " "))
+		}
+		f, err := startFakeServer(socket, workers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(f.stop)
+		return socket, f, nil
+	}
+	t.Skipf("the %s server was not started by this test", testServer.kind)
+	return "", nil, nil
+}
+
+// testClient dials socket and closes the client at the end of the test.
+func testClient(t testing.TB, socket string) *Client {
+	t.Helper()
+	c, err := Dial(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,4 +302,30 @@ func testClient(t testing.TB) *Client {
 		}
 	})
 	return c
+}
+
+// listOwnSegments lists what this process has in /dev/shm: its segments
+// and owner files (all named shmpool-<pid>-...).
+func listOwnSegments() ([]string, error) {
+	ents, err := os.ReadDir(shmDir)
+	if err != nil {
+		return nil, err
+	}
+	prefix := fmt.Sprintf("shmpool-%d-", os.Getpid())
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+func ownSegments(t testing.TB) []string {
+	t.Helper()
+	names, err := listOwnSegments()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -17,71 +16,126 @@ import (
 // shmDir is where POSIX shared-memory objects live on Linux.
 const shmDir = "/dev/shm/"
 
-// segment is one mapped segment this process created (LAYOUT.md 1.4). It is
-// not safe for concurrent use; its owner serializes access.
+// The owner of this process's segments (LAYOUT.md 1.4). The process holds a
+// shared flock on /dev/shm/shmpool-<owner>-owner for as long as any segment
+// it created still has its name; a reaper can then tell a live owner (the
+// lock is held) from a dead one (the kernel dropped the lock). The owner is
+// taken before the first segment and let go, the owner file unlinked, once
+// the last one is unlinked; a later segment takes a new owner with a new
+// random part, so a reaper that raced with the release can never remove a
+// segment of the new one.
+var owner struct {
+	mu   sync.Mutex
+	id   string // "<pid>-<8 hex>", or "" when none is held
+	fd   int    // the locked owner file
+	segs int    // segments created under id and not yet unlinked
+}
+
+// ownerLockPath returns /dev/shm/shmpool-<id>-owner.
+func ownerLockPath(id string) string {
+	return shmDir + namePrefix + id + "-" + ownerLockSuffix
+}
+
+// acquireOwner returns the current owner id, taking one first if none is
+// held, and counts one more segment under it. Every successful call must
+// be matched by releaseOwner(id).
+func acquireOwner() (string, error) {
+	owner.mu.Lock()
+	defer owner.mu.Unlock()
+	if owner.id == "" {
+		id, fd, err := takeOwner()
+		if err != nil {
+			return "", err
+		}
+		owner.id, owner.fd = id, fd
+	}
+	owner.segs++
+	return owner.id, nil
+}
+
+// releaseOwner counts one segment of id as unlinked. After the last one the
+// owner file is unlinked and then its lock dropped (LAYOUT.md 1.4: segments
+// first, then the owner file).
+func releaseOwner(id string) {
+	owner.mu.Lock()
+	defer owner.mu.Unlock()
+	if id != owner.id || owner.segs <= 0 {
+		return // cannot happen; never unlink another owner's file
+	}
+	owner.segs--
+	if owner.segs == 0 {
+		syscall.Unlink(ownerLockPath(owner.id))
+		syscall.Close(owner.fd)
+		owner.id, owner.fd = "", -1
+	}
+}
+
+// takeOwner creates and locks a new owner file: O_EXCL so that it is ours,
+// flock LOCK_SH, then a check that the path still names the locked inode (a
+// reaper that saw a stale file of the same name may have unlinked it in
+// between); if not, it starts over with a new id.
+func takeOwner() (string, int, error) {
+	var lastErr error
+	for attempt := 0; attempt < 8; attempt++ {
+		var r [4]byte
+		if _, err := rand.Read(r[:]); err != nil {
+			return "", -1, fmt.Errorf("shmpool: random owner id: %w", err)
+		}
+		id := strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(r[:])
+		path := ownerLockPath(id)
+		fd, err := openRetry(path, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+		if err == syscall.EEXIST {
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return "", -1, fmt.Errorf("shmpool: creating owner file %s: %w", path, err)
+		}
+		for {
+			err = syscall.Flock(fd, syscall.LOCK_SH)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			syscall.Close(fd)
+			syscall.Unlink(path)
+			return "", -1, fmt.Errorf("shmpool: locking owner file %s: %w", path, err)
+		}
+		var fst, st syscall.Stat_t
+		if err := syscall.Fstat(fd, &fst); err != nil {
+			syscall.Close(fd)
+			return "", -1, fmt.Errorf("shmpool: owner file %s: %w", path, err)
+		}
+		if err := syscall.Lstat(path, &st); err != nil || st.Dev != fst.Dev || st.Ino != fst.Ino {
+			// Removed (or replaced) by a reaper before we held the lock.
+			syscall.Close(fd)
+			lastErr = fmt.Errorf("the owner file was replaced while being locked")
+			continue
+		}
+		return id, fd, nil
+	}
+	return "", -1, fmt.Errorf("shmpool: could not take an owner file in %s: %v", shmDir, lastErr)
+}
+
+// segment is one mapped segment this process created (LAYOUT.md 1.5). It is
+// not safe for concurrent use; its owner (a lane, a Buffer, a Result)
+// serializes access.
 type segment struct {
 	name     string
+	owner    string // the owner id the name carries; "" once unlinked
 	kind     uint16
 	capacity int
-	mem      []byte // the whole mapping: header and region
+	mem      []byte // the whole mapping: header and region; nil once unmapped
 }
 
-var (
-	ownerOnce   sync.Once
-	ownerPrefix string // "shmpool-<pid>-<start>-"
-	ownerErr    error
-)
-
-// segmentNamePrefix returns "shmpool-<pid>-<start>-" for this process, where
-// <start> is field 22 of /proc/self/stat.
-func segmentNamePrefix() (string, error) {
-	ownerOnce.Do(func() {
-		stat, err := os.ReadFile("/proc/self/stat")
-		if err != nil {
-			ownerErr = fmt.Errorf("shmpool: reading process start time: %w", err)
-			return
-		}
-		start, err := parseStartTime(string(stat))
-		if err != nil {
-			ownerErr = err
-			return
-		}
-		ownerPrefix = fmt.Sprintf("%s%d-%d-", namePrefix, os.Getpid(), start)
-	})
-	return ownerPrefix, ownerErr
-}
-
-// parseStartTime returns field 22 (starttime) of a /proc/<pid>/stat line.
-// Field 2, the command name, is in parentheses and may itself contain
-// spaces and parentheses, so fields are counted after the last ')'.
-func parseStartTime(stat string) (uint64, error) {
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("shmpool: malformed /proc/self/stat: no ')'")
-	}
-	fields := strings.Fields(stat[i+1:]) // fields[0] is field 3 (state)
-	const idx = 22 - 3
-	if len(fields) <= idx {
-		return 0, fmt.Errorf("shmpool: malformed /proc/self/stat: %d fields after the command name", len(fields))
-	}
-	start, err := strconv.ParseUint(fields[idx], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("shmpool: malformed /proc/self/stat start time %q", fields[idx])
-	}
-	return start, nil
-}
-
-// newSegmentName returns shmpool-<pid>-<start>-<16 random hex digits>.
-func newSegmentName() (string, error) {
-	prefix, err := segmentNamePrefix()
-	if err != nil {
-		return "", err
-	}
+// newSegmentName returns shmpool-<owner>-<16 random hex digits>.
+func newSegmentName(ownerID string) (string, error) {
 	var r [8]byte
 	if _, err := rand.Read(r[:]); err != nil {
 		return "", fmt.Errorf("shmpool: random segment name: %w", err)
 	}
-	return prefix + hex.EncodeToString(r[:]), nil
+	return namePrefix + ownerID + "-" + hex.EncodeToString(r[:]), nil
 }
 
 // segmentBytes is the file size of a segment of capacity elements.
@@ -94,10 +148,14 @@ func segmentBytes(capacity int) (int, error) {
 }
 
 // createSegment creates, reserves, maps and initializes a segment of the
-// given kind holding capacity elements. For a data segment the header's
-// count is set to count.
+// given kind holding capacity elements (LAYOUT.md 1.5). For a data segment
+// the header's count is set to count.
 func createSegment(kind uint16, capacity, count int) (*segment, error) {
 	size, err := segmentBytes(capacity)
+	if err != nil {
+		return nil, err
+	}
+	ownerID, err := acquireOwner()
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +164,8 @@ func createSegment(kind uint16, capacity, count int) (*segment, error) {
 		fd   int
 	)
 	for attempt := 0; ; attempt++ {
-		if name, err = newSegmentName(); err != nil {
+		if name, err = newSegmentName(ownerID); err != nil {
+			releaseOwner(ownerID)
 			return nil, err
 		}
 		fd, err = openRetry(shmDir+name,
@@ -114,14 +173,16 @@ func createSegment(kind uint16, capacity, count int) (*segment, error) {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, syscall.EEXIST) && attempt < 8 {
+		if err == syscall.EEXIST && attempt < 8 {
 			continue
 		}
+		releaseOwner(ownerID)
 		return nil, fmt.Errorf("shmpool: creating segment %s%s: %w", shmDir, name, err)
 	}
 	fail := func(err error) (*segment, error) {
 		syscall.Close(fd)
 		syscall.Unlink(shmDir + name)
+		releaseOwner(ownerID)
 		return nil, err
 	}
 	if err := reserve(fd, int64(size)); err != nil {
@@ -137,7 +198,7 @@ func createSegment(kind uint16, capacity, count int) (*segment, error) {
 		h.Count = uint64(count)
 	}
 	encodeHeader(mem, h)
-	return &segment{name: name, kind: kind, capacity: capacity, mem: mem}, nil
+	return &segment{name: name, owner: ownerID, kind: kind, capacity: capacity, mem: mem}, nil
 }
 
 func openRetry(path string, flags int, mode uint32) (int, error) {
@@ -184,37 +245,41 @@ func (s *segment) ints() []int64 {
 	return unsafe.Slice((*int64)(unsafe.Pointer(&s.mem[headerSize])), s.capacity)
 }
 
+// setCount writes the data header's count.
 func (s *segment) setCount(n int) {
-	binary.LittleEndian.PutUint64(s.mem[offCount:], uint64(n))
+	binary.LittleEndian.PutUint64(s.mem[hdrOffCount:], uint64(n))
 }
 
 // header decodes the segment's current header.
 func (s *segment) header() segmentHeader { return decodeHeader(s.mem) }
 
-// close unmaps and unlinks the segment. Unlinking a name that is already gone
-// is not an error.
+// close unlinks and unmaps the segment.
 func (s *segment) close() error {
-	err := syscall.Munmap(s.mem)
-	s.mem = nil
-	if uerr := syscall.Unlink(shmDir + s.name); uerr != nil && uerr != syscall.ENOENT && err == nil {
-		err = uerr
-	}
-	if err != nil {
-		return fmt.Errorf("shmpool: closing segment %s: %w", s.name, err)
-	}
-	return nil
+	return errors.Join(s.unlink(), s.unmap())
 }
 
-// unlink removes the segment's name, leaving the mapping in place.
+// unlink removes the segment's name, leaving the mapping in place, and
+// releases its hold on the owner. A name that is already gone is not an
+// error. Calling it again does nothing.
 func (s *segment) unlink() error {
-	if err := syscall.Unlink(shmDir + s.name); err != nil && err != syscall.ENOENT {
+	if s.owner == "" {
+		return nil
+	}
+	err := syscall.Unlink(shmDir + s.name)
+	releaseOwner(s.owner)
+	s.owner = ""
+	if err != nil && err != syscall.ENOENT {
 		return fmt.Errorf("shmpool: unlinking segment %s: %w", s.name, err)
 	}
 	return nil
 }
 
-// unmap releases the mapping, leaving the name in place.
+// unmap releases the mapping, leaving the name in place. Calling it again
+// does nothing.
 func (s *segment) unmap() error {
+	if s.mem == nil {
+		return nil
+	}
 	err := syscall.Munmap(s.mem)
 	s.mem = nil
 	if err != nil {

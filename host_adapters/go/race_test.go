@@ -1,0 +1,5 @@
+//go:build race
+
+package shmpool
+
+const raceEnabled = true
