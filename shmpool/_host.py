@@ -61,6 +61,11 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+def _not_sent(e: OSError) -> bool:
+    """Did the send itself fail (so nothing reached the worker)?"""
+    return e.filename == "send" or e.errno in (errno.EPIPE, errno.ECONNREFUSED)
+
+
 class LaneBroken(Exception):
     """The connection failed: .sent says whether the request reached the worker."""
 
@@ -82,6 +87,7 @@ class Lane:
 
     holder: object = None        # the token of the call using it
     pending = 0                  # requests sent and not yet answered
+    doomed = False               # its worker said it is ending (TIMEOUT, SHUTTING_DOWN, ...)
     data: Segment | None = None  # input segment for small copy-in calls
     result: Segment | None = None
 
@@ -149,8 +155,7 @@ class Lane:
         try:
             n = native.exchange(self.fd, packet, self.buf, timeout_ms(deadline))
         except OSError as e:
-            # EPIPE, ECONNREFUSED from send: nothing reached the worker
-            sent = e.errno not in (errno.EPIPE, errno.ECONNREFUSED)
+            sent = not _not_sent(e)
             if not sent:
                 self.pending -= 1
             raise LaneBroken(f"worker {self.worker}: {e.strerror or e}", sent, self) from None
@@ -207,8 +212,13 @@ def _recv_into(sock: socket.socket, buf: bytearray, ms: int):
     return sock.recv_into(buf)
 
 
+ENDING = (L.Status.TIMEOUT, L.Status.SHUTTING_DOWN, L.Status.BUSY, L.Status.NOT_PERMITTED)
+
+
 def raise_for(lane: Lane, n: int, capacity: int = 0) -> None:
     r = lane.reply(n)
+    if r.status in ENDING:
+        lane.doomed = True           # its worker (or the server) is closing the connection
     raise from_status(r.status, r.error_type, r.message, r.traceback, r.needed, capacity)
 
 
@@ -322,7 +332,7 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
             got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid, n,
                                row, policy, params, lane.data._mmap, x)
         except OSError as e:
-            sent = e.errno not in (errno.EPIPE, errno.ECONNREFUSED)
+            sent = not _not_sent(e)
             if not sent:
                 lane.pending -= 1
             raise LaneBroken(f"worker {lane.worker}: {e.strerror or e}", sent, lane) from None

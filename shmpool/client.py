@@ -106,7 +106,7 @@ class Client:
     def _settle(self, token: object, broken: Lane | None = None) -> None:
         try:
             for lane in self._lanes.held_by(token):
-                if lane.pending or lane is broken:
+                if lane.pending or lane.doomed or lane is broken:
                     self._lanes.remove(lane)          # state unknown: never reused
                     lane.close()
         finally:

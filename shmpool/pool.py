@@ -300,8 +300,9 @@ class Pool(CallForms):
         (Lanes also come back by themselves when the token dies: see Lanes.)"""
         try:
             for lane in self._lanes.held_by(token):
-                if lane.pending:
+                if lane.pending or lane.doomed:
                     self._retire(lane)
+                    lane.doomed = False
             with self._lock:
                 for st in self._staging:
                     if st.holder is not None and st.holder() is token:

@@ -2,18 +2,21 @@
 
     caller                        Ray object store                Ray tasks (any node)
     ------                        ----------------                --------------------
-    x ──ray.put (once)──────────> x: shared memory on each node ─> stats(x[a:b])  per chunk
-    combine once  <──────────────────────────────────────────────  (n, mean, M2)
-    mean, cut ───────────────────────────────────────────────────> flag(x[a:b])   per chunk
-    concatenate   <──────────────────────────────────────────────  indices
+    x ──ray.put (once)──────────> x: shared memory on each node ─> summarize(x[a:b]) per chunk
+    combine once  <──────────────────────────────────────────────  summaries
+    flag parameters ─────────────────────────────────────────────> flag(x[a:b])      per chunk
+    concatenate   <──────────────────────────────────────────────  indices + a
 
-The arithmetic (split, pass 1, combine, pass 2) is shmpool.detectors', the
-same functions the local Pool's workers run, so with the same number of
-chunks the answers are identical.  Tasks read an input that was put once
-zero-copy from their node's object store.  Ray is used only when the caller
-says so: pass ``address=`` or call ``ray.init`` first.
+Any split detector (``shmpool.detectors.SplitDetector``: the classic one,
+the Tukey one, or the user's own) is split by the rule every shmpool host
+uses (shmpool.layout.split_count / split, with the cluster's CPUs as the
+lanes), through the detector's own summarize / combine / flag, so with the
+same number of chunks the answers equal the local Pool's.  A plain
+function runs whole in one task.  Ray is used only when the caller says
+so: pass ``address=`` or call ``ray.init`` first.
 
-Requires the extra: ``pip install 'shmpool[ray]'``.
+Requires the extra: ``pip install 'shmpool[ray]'`` (from a checkout:
+``pip install '.[ray]'``).
 """
 
 from __future__ import annotations
@@ -21,35 +24,46 @@ from __future__ import annotations
 import numpy as np
 
 from . import detectors
+from . import layout as L
 from ._forms import CallForms
 from .errors import (DetectorError, DetectTimeout, PoolClosed, RemoteTraceback,
                      ShmpoolError, WorkerDied)
-from .pool import SPLIT_MIN, _as_real_1d, _check_policy, _check_settings, _check_threshold
+from .pool import as_real_1d, check_policy, check_specs, check_threshold
 
 
-def _stats_task(x, a, b, nan_policy):
-    return tuple(detectors.chunk_stats(x[a:b], nan_policy))
+def _row(spec: str, threshold: float) -> detectors.Row:
+    return detectors.load(spec, {"threshold": threshold})
 
 
-def _flag_task(x, a, b, mean, cut, nan_policy):
-    return detectors.chunk_threshold(x[a:b], mean, cut, a, nan_policy)
+def _summarize_task(x, a, b, spec, threshold, values, policy):
+    row = _row(spec, threshold)
+    p = row.params(values, policy, a)
+    return detectors.check_summary(row.impl.summarize(x[a:b], p), row.summary_size, spec)
 
 
-def _detect_task(x, threshold, nan_policy, spec):
-    if spec == detectors.CLASSIC:
-        return detectors.classic(x, threshold, nan_policy)
-    return detectors.check_indices(detectors.load(spec)(x, threshold), len(x))
+def _flag_task(x, a, b, spec, threshold, values, policy, cut):
+    row = _row(spec, threshold)
+    p = row.params(values, policy, a)
+    part = x[a:b]
+    idx = detectors.check_indices(row.impl.flag(part, np.asarray(cut, dtype=np.float64), p),
+                                  len(part))
+    return idx + a
+
+
+def _detect_task(x, spec, threshold, values, policy):
+    row = _row(spec, threshold)
+    return row.impl.detect(x, row.params(values, policy))
 
 
 class RayPool(CallForms):
     """Detector tasks on Ray, with the local Pool's surface.
 
     ``RayPool(address=None, *, detector="classic", threshold=2.0,
-    nan_policy="raise", chunks=None, max_retries=3)``.  *chunks* defaults to
-    the cluster's CPU count.  A task whose Ray worker dies is retried up to
-    *max_retries* times, then the call raises WorkerDied.  ``put(x)`` stores an
-    input once for any number of zero-copy detects; there is no ``empty()``,
-    since objects in Ray's store are immutable once put.
+    nan_policy="raise", chunks=None, max_retries=3)``.  *chunks* (the lanes
+    of the split rule) defaults to the cluster's CPU count.  A task whose Ray
+    worker dies is retried up to *max_retries* times, then the call raises
+    WorkerDied.  ``put(x)`` stores an input once for any number of zero-copy
+    detects; there is no ``empty()``, since Ray's objects are immutable.
     """
 
     _closed = True
@@ -60,8 +74,11 @@ class RayPool(CallForms):
         try:
             import ray
         except ImportError:
-            raise ImportError("RayPool needs Ray: pip install 'shmpool[ray]'") from None
-        self.detector, self.threshold, self.nan_policy = _check_settings(detector, threshold, nan_policy)
+            raise ImportError("RayPool needs Ray: pip install 'shmpool[ray]' "
+                              "(from a checkout: pip install '.[ray]')") from None
+        [self.detector] = check_specs(detector)
+        self.threshold, self.nan_policy = check_threshold(threshold), check_policy(nan_policy)
+        self._table = _row(self.detector, self.threshold)   # imports it here too: checks it early
         self._ray = ray
         self._owns_ray = False
         if address is not None:
@@ -75,42 +92,52 @@ class RayPool(CallForms):
                              "pass address=... or call ray.init(...) first")
         self.chunks = chunks or max(1, int(ray.cluster_resources().get("CPU", 1)))
         opts = dict(max_retries=max_retries)
-        self._stats = ray.remote(**opts)(_stats_task)
+        self._summarize = ray.remote(**opts)(_summarize_task)
         self._flag = ray.remote(**opts)(_flag_task)
         self._detect = ray.remote(**opts)(_detect_task)
         self._closed = False
 
     def put(self, x):
         """Store x once in Ray's object store; detect() reads it zero-copy."""
-        return self._ray.put(np.ascontiguousarray(_as_real_1d(x), dtype=np.float64))
+        return self._ray.put(np.ascontiguousarray(as_real_1d(x), dtype=np.float64))
 
     def detect(self, x, *, timeout: float | None = None, threshold: float | None = None,
                nan_policy: str | None = None) -> np.ndarray:
         """Indices of the outliers of x (an array-like, or a ref from put())."""
         if self._closed:
             raise PoolClosed("the pool is closed")
-        k = self.threshold if threshold is None else _check_threshold(threshold)
-        policy = self.nan_policy if nan_policy is None else _check_policy(nan_policy)
+        values = () if threshold is None else (check_threshold(threshold),)
+        policy = self.nan_policy if nan_policy is None else check_policy(nan_policy)
         if isinstance(x, self._ray.ObjectRef):
             ref, n = x, len(self._ray.get(x))      # a zero-copy view on this node
         else:
-            ref, n = self.put(x), len(x)
+            ref, n = self.put(x), len(as_real_1d(x))
         if n == 0:
             return np.empty(0, dtype=np.int64)
-        if self.detector != detectors.CLASSIC or n < SPLIT_MIN or self.chunks == 1:
-            return np.asarray(self._get(self._detect.remote(ref, k, policy, self.detector), timeout))
-
-        def stats(chunks):
-            parts = self._get([self._stats.remote(ref, a, b, policy) for a, b in chunks], timeout)
-            return [detectors.Stats(*p) for p in parts]
-
-        def flag(chunks, mean, cut):
-            return self._get([self._flag.remote(ref, a, b, mean, cut, policy) for a, b in chunks],
-                             timeout)
-
-        parts = detectors.two_phase(detectors.split(n, self.chunks), k, policy, stats, flag)
-        if not parts:
+        row = self._table
+        try:
+            row.params(values, policy)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        k = L.split_count(n, self.chunks) if row.split else 1
+        args = (self.detector, self.threshold, values, policy)
+        if k == 1:
+            return np.asarray(self._get(self._detect.remote(ref, *args), timeout), dtype=np.int64)
+        chunks = L.split(n, k)
+        summaries = self._get([self._summarize.remote(ref, a, b, *args) for a, b in chunks],
+                              timeout)
+        try:
+            cut = detectors.check_cut(row.impl.combine(np.asarray(summaries, dtype=np.float64),
+                                                       row.params(values, policy)), row.spec)
+        except ShmpoolError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the detector's own combine raised
+            import traceback
+            raise DetectorError(str(e), type(e).__name__,
+                                "".join(traceback.format_exception(e))) from None
+        if cut is None:
             return np.empty(0, dtype=np.int64)
+        parts = self._get([self._flag.remote(ref, a, b, *args, cut) for a, b in chunks], timeout)
         return np.concatenate(parts).astype(np.int64, copy=False)
 
     def _get(self, refs, timeout):
@@ -135,7 +162,7 @@ class RayPool(CallForms):
         if self._closed:
             return
         self._closed = True
-        self._stop_executor(wait=True)
+        self._stop_executor()
         if self._owns_ray:
             self._ray.shutdown()
 

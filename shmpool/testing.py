@@ -94,3 +94,10 @@ class BadStr(Exception):
 def raises_unprintable(x):
     """Raises an exception whose __str__ itself raises."""
     raise BadStr()
+
+
+def pause_on_7(x, threshold=2.0):
+    """The classic detector, except that an input of 7 values takes 1 s."""
+    if len(x) == 7:
+        time.sleep(1)
+    return classic(x, threshold, "raise")

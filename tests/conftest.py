@@ -51,12 +51,12 @@ def orphans(names):
     return sorted(dead)
 
 
-def worker_children():
-    """Live descendants of this process other than the process-wide zygote."""
+def worker_children(of=None):
+    """Live descendants of this process (or *of*) other than the process-wide zygote."""
     found = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process(of).children(recursive=True):
         try:
-            if p.status() == psutil.STATUS_ZOMBIE or "shmpool._backend.zygote" in " ".join(p.cmdline()):
+            if p.status() == psutil.STATUS_ZOMBIE or p.name() == "shmpool-zygote":
                 continue
         except psutil.NoSuchProcess:
             continue

@@ -64,12 +64,11 @@ def test_busy_workers_exit_when_their_host_is_killed():
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import numpy as np, threading
         from shmpool import Pool
-        if __name__ == "__main__":
-            p = Pool(workers=2, detector="shmpool.testing:slow_on_13")
-            for _ in range(2):
-                threading.Thread(target=p.detect, args=(np.arange(13.0),), daemon=True).start()
-            print(*p.worker_pids(), flush=True)
-            threading.Event().wait()
+        p = Pool(workers=2, detector="shmpool.testing:slow_on_13")
+        for _ in range(2):
+            threading.Thread(target=p.detect, args=(np.arange(13.0),), daemon=True).start()
+        print(*p.worker_pids(), flush=True)
+        threading.Event().wait()
     """)], stdout=subprocess.PIPE, text=True)
     pids = [int(s) for s in proc.stdout.readline().split()]
     time.sleep(0.5)                              # both workers inside a 30 s call
@@ -141,13 +140,15 @@ def test_a_client_dribbling_bytes_costs_others_nothing(server):
 # -- fuzzing ----------------------------------------------------------------------
 
 DOCUMENTED = set(L.Status.names)
-GOOD = L.pack_request(L.Request(L.OP_DETECT, 9, 0, 10, 2.0, 0, "shmpool-1-2-aabbccdd00112233",
-                                "shmpool-1-2-aabbccdd00112234"))
+NAMES = ("shmpool-1-aabbccdd-0011223344556677", "shmpool-1-aabbccdd-0011223344556678")
+GOODS = [L.pack_request(L.Request(L.Op.DETECT, 9, 0, 10, 0, 0, 0, (2.0,), *NAMES)),
+         L.pack_request(L.Request(L.Op.FLAG, 9, 0, 10, 5, 0, 2, (0.5, 1.0), *NAMES)),
+         L.pack_request(L.Request(L.Op.COMBINE, 9, count=2, values=tuple(range(10))))]
 
 
 def mutated(data):
     """A valid request with a few bytes overwritten, or cut, or extended."""
-    raw = bytearray(GOOD)
+    raw = bytearray(data.draw(st.sampled_from(GOODS)))
     for pos, val in data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1),
                                                   st.integers(0, 255)), max_size=6)):
         raw[pos] = val
@@ -166,11 +167,13 @@ def test_fuzz_request_decoder(data):
     except L.DecodeError as e:
         assert e.status in DOCUMENTED and e.status != L.Status.OK
     else:
-        assert len(raw) == L.REQUEST_SIZE and req.version == L.VERSION
-        assert req.op in (L.OP_DETECT, L.OP_PING)
-        assert math.isnan(req.threshold) or 0 <= req.threshold < math.inf
-        if req.op == L.OP_DETECT:
-            assert L.valid_name(req.data_name) and L.valid_name(req.out_name)
+        assert len(raw) == L.REQUEST_HEAD_SIZE + 8 * len(req.values) and req.version == L.VERSION
+        assert req.op in L.Op.names and len(req.params) <= L.MAX_PARAMS
+        assert not req.values or req.op == L.Op.COMBINE
+        if req.op in L.OPS_WITH_DATA:
+            assert L.valid_name(req.data_name)
+        if req.op in L.OPS_WITH_OUT:
+            assert L.valid_name(req.out_name)
 
 
 @pytest.mark.slow
@@ -193,8 +196,9 @@ def test_fuzz_reply_decoder(raw):
         r = L.unpack_reply(raw)
     except L.DecodeError:
         return
-    assert len(raw) == 48 + len(r.error_type.encode()) + len(r.message.encode()) + \
-        len(r.traceback.encode()) or "\ufffd" in r.error_type + r.message + r.traceback
+    assert len(raw) == 48 + 8 * len(r.values) + len(r.error_type.encode()) + \
+        len(r.message.encode()) + len(r.traceback.encode()) or \
+        "\ufffd" in r.error_type + r.message + r.traceback
 
 
 @pytest.mark.slow
@@ -206,12 +210,16 @@ def test_fuzz_live_server(server):
     out = Segment.create(64, L.KIND_RESULT)
     data.region()[:] = rng.standard_normal(64)
     data.set_count(64)
-    good = bytearray(L.pack_request(L.Request(L.OP_DETECT, 1, 0, 64, 2.0, 0, data.name, out.name)))
+    goods = [bytearray(L.pack_request(r)) for r in (
+        L.Request(L.Op.DETECT, 1, 0, 64, 0, 0, 0, (2.0,), data.name, out.name),
+        L.Request(L.Op.SUMMARIZE, 1, 0, 64, 0, 0, 2, (), data.name),
+        L.Request(L.Op.FLAG, 1, 0, 64, 3, 0, 0, (0.0, 1.0), data.name, out.name),
+        L.Request(L.Op.COMBINE, 1, count=1, values=(64.0, 0.0, 60.0, 0.0, -1.0)))]
     seen = {}
     try:
         with Client(server.path) as c:
             for i in range(max(FUZZ_EXAMPLES // 3, 500)):
-                raw = bytearray(good)
+                raw = bytearray(goods[i % len(goods)])
                 for _ in range(rng.integers(1, 4)):
                     raw[rng.integers(0, len(raw))] = rng.integers(0, 256)
                 r = c.send_raw(bytes(raw))

@@ -13,14 +13,15 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import planted
+from conftest import planted, worker_children
 from serverutil import ServerProcess
-from shmpool import DetectorError, DetectTimeout, NonFiniteError
+from shmpool import (DetectorError, DetectTimeout, NonFiniteError, ServerUnavailable,
+                     UntrustedServer, WorkerDied)
 from shmpool import layout as L
 from shmpool._backend.segment import Segment, new_name
 from shmpool.client import Client
 
-VECTORS = Path(__file__).with_name("vectors") / "v1.txt"
+VECTORS = Path(__file__).with_name("vectors") / "v2.txt"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_bad_requests_get_documented_errors_and_the_connection_lives(client, cas
 
 def test_garbage_bytes(client):
     rng = np.random.default_rng(0)
-    for size in [0, 1, 7, 48, 175, 177, 1000, 5000]:
+    for size in [1, 7, 48, 175, 177, 255, 257, 1000, 5000]:
         r = client.send_raw(rng.integers(0, 256, size, dtype=np.uint8).tobytes() if size else b"\0")
         assert r.status == L.Status.BAD_MESSAGE
     client.ping()
@@ -212,14 +213,16 @@ def test_other_users_are_refused():
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 s.settimeout(5)
                 s.connect(server.path)
-                s.send(L.pack_request(L.Request(L.OP_PING, 1)))
-                os.write(w, b"eof" if s.recv(100) == b"" else b"answered")
+                s.send(L.pack_request(L.Request(L.Op.PING, 1)))
+                reply = s.recv(65536)
+                os.write(w, b"eof" if reply == b"" else
+                         L.Status.names[L.unpack_reply(reply).status].encode())
             except Exception as e:  # noqa: BLE001
                 os.write(w, f"{type(e).__name__}".encode())
             os._exit(0)
         os.close(w)
         os.waitpid(pid, 0)
-        assert os.read(r, 100) in (b"eof", b"ConnectionResetError", b"BrokenPipeError")  # never answered
+        assert os.read(r, 100) in (b"NOT_PERMITTED", b"ConnectionResetError", b"BrokenPipeError")
         os.close(r)
         with Client(server.path) as c:            # the owner still gets in
             c.ping()
@@ -232,14 +235,15 @@ def test_slow_silent_and_vanishing_clients_cost_others_nothing(trouble_server):
     path = trouble_server.path
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     silent.connect(path)
-    vanishing = Client(path)
+    vanishing = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    vanishing.connect(path)
     data = Segment.create(13, L.KIND_DATA)
     out = Segment.create(13, L.KIND_RESULT)
     data.set_count(13)
-    req = L.pack_request(L.Request(L.OP_DETECT, 1, 0, 13, data_name=data.name, out_name=out.name))
-    vanishing._sock.send(req)             # a 30 s call ...
+    req = L.pack_request(L.Request(L.Op.DETECT, 1, 0, 13, data_name=data.name, out_name=out.name))
+    vanishing.send(req)                   # a 30 s call ...
     time.sleep(0.2)
-    vanishing._sock.close()               # ... whose host goes away
+    vanishing.close()                     # ... whose host goes away
     try:
         with Client(path) as c:
             t0 = time.monotonic()
@@ -285,7 +289,7 @@ def test_restart_client_sees_error_then_reconnects(tmp_path):
     c = Client(s.path, timeout=5)
     assert c.detect(planted(0)).tolist() == [7, 113, 835]
     s.stop(signal.SIGKILL)
-    with pytest.raises(OSError):
+    with pytest.raises((ServerUnavailable, WorkerDied)):
         c.detect(planted(1))
     c.close()
     s2 = ServerProcess(s.path, "--workers", "1").start()     # stale socket file replaced
@@ -369,3 +373,317 @@ def test_workers_unmap_segments_their_host_unlinked(server, client):
     while still_mapped() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert still_mapped() == []
+
+
+# -- one hop (issue 9) --------------------------------------------------------------
+
+def lane_workers(c: Client, n: int):
+    """Make c hold n lanes at once; their (worker, pid) pairs."""
+    from shmpool._host import Token
+    token = Token()
+    lanes = c._take(token, n, None)
+    try:
+        return [(lane.worker, lane.pid) for lane in lanes]
+    finally:
+        c._lanes.release(token)
+
+
+def test_a_host_with_n_lanes_gets_n_different_workers(tmp_path):
+    s = ServerProcess(tmp_path / "n.sock", "--workers", "3").start()
+    try:
+        with Client(s.path) as c:
+            got = lane_workers(c, 3)
+            assert sorted(w for w, _ in got) == [0, 1, 2]
+            assert len({pid for _, pid in got}) == 3
+            assert set(pid for _, pid in got) <= {p.pid for p in
+                                                  psutil.Process(s.proc.pid).children(recursive=True)}
+    finally:
+        assert s.stop() == 0
+
+
+def test_the_server_is_not_on_the_data_path(server):
+    """Stop the server process outright: connections already handed to workers
+    keep working, split calls included."""
+    with Client(server.path) as c:
+        lane_workers(c, 2)
+        big = np.random.default_rng(5).standard_normal(600_000)
+        expected = c.detect(big)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            for seed in range(20):
+                assert c.detect(planted(seed)).tolist() == [7, 113, 835]
+            assert np.array_equal(c.detect(big), expected)
+            assert time.monotonic() - t0 < 5
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_dying_worker_fails_only_the_calls_in_flight(tmp_path):
+    s = ServerProcess(tmp_path / "d.sock", "--workers", "2",
+                      "--detector", "shmpool.testing:slow_on_13").start()
+    closing = []
+    try:
+        busy, idle = Client(s.path), Client(s.path)
+        closing.extend([busy, idle])
+        [(worker, pid)] = lane_workers(busy, 1)
+        for n in range(1, 6):                            # until an idle lane shares its worker
+            if worker in [w for w, _ in lane_workers(idle, n)]:
+                break
+        assert worker in [w for w, _ in lane_workers(idle, n)]
+        fut = threading.Thread(target=lambda: result.append(_call(busy, np.arange(13.0))))
+        result = []
+        fut.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        fut.join(10)
+        assert isinstance(result[0], WorkerDied) and time.monotonic() - t0 < 1.0
+        for seed in range(10):                            # the idle lanes' calls all work
+            assert idle.detect(planted(seed)).tolist() == [7, 113, 835]
+        assert busy.detect(planted(11)).tolist() == [7, 113, 835]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:                # the server replaced the worker
+            kids = [p.pid for p in worker_children(s.proc.pid)]
+            if len(kids) == 2 and pid not in kids:
+                break
+            time.sleep(0.1)
+        assert len(kids) == 2 and pid not in kids
+    finally:
+        for c in closing:
+            c.close()
+        assert s.stop() == 0
+    assert "killed by SIGKILL" in s.proc.stderr.read()
+
+
+def _call(c, x):
+    try:
+        return c.detect(x)
+    except Exception as e:  # noqa: BLE001 - the test looks at it
+        return e
+
+
+def test_several_detectors_served_and_chosen_by_name(tmp_path):
+    s = ServerProcess(tmp_path / "m.sock", "--workers", "1", "--detector", "classic",
+                      "--detector", "shmpool.testing:above").start()
+    try:
+        with Client(s.path) as c:
+            assert [r.name for r in c.rows] == ["classic", "shmpool.testing:above"]
+            assert c.detect([0.1, 0.9, 0.2, 0.7], threshold=0.5,
+                            detector="shmpool.testing:above").tolist() == [1, 3]
+            assert c.detect(planted(0)).tolist() == [7, 113, 835]
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_v1_host_gets_a_clear_version_error(client):
+    v1 = struct.pack("<IHHQQQdII64s64s", 0x514D4853, 1, 2, 77, 0, 0, 2.0, 0, 0, b"", b"")
+    assert len(v1) == 176
+    r = client.send_raw(v1)
+    assert r.status == L.Status.BAD_VERSION and r.request_id == 77
+    assert "v2" in r.message and r.version == 2
+    client.ping()
+
+
+def test_requests_waiting_at_a_stop_are_answered_shutting_down(tmp_path):
+    s = ServerProcess(tmp_path / "q.sock", "--workers", "1",
+                      "--detector", "shmpool.testing:pause_on_7").start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.connect(s.path)
+    with Segment.create(7, L.KIND_DATA) as data, Segment.create(7, L.KIND_RESULT) as out:
+        data.set_count(7)
+        for rid in (1, 2):                                # pipelined: 2 waits behind 1
+            sock.send(L.pack_request(L.Request(L.Op.DETECT, rid, 0, 7, data_name=data.name,
+                                               out_name=out.name)))
+        time.sleep(0.3)
+        s.proc.send_signal(signal.SIGTERM)
+        first = L.unpack_reply(sock.recv(65536))
+        second = L.unpack_reply(sock.recv(65536))
+        assert (first.request_id, first.status) == (1, L.Status.OK)
+        assert (second.request_id, second.status) == (2, L.Status.SHUTTING_DOWN)
+        assert sock.recv(65536) == b""                    # then end-of-file
+    sock.close()
+    assert s.proc.wait(30) == 0
+
+
+# -- what the hostile review found (issue 10) -------------------------------------------
+
+def test_fresh_segments_by_one_host_fail_no_call_of_others(server):
+    """6,000 calls with fresh segments, then a disconnect, made 2 of the next
+    40 calls of two other hosts fail with WorkerDied (issue 10.4)."""
+    with Client(server.path) as c:
+        [(_, worker_pid)] = lane_workers(c, 1)
+        lane = c._lanes.all[0]
+        for i in range(6000):
+            with Segment.create(8, L.KIND_DATA) as d, Segment.create(8, L.KIND_RESULT) as o:
+                d.set_count(8)
+                lane.rid += 1
+                got = lane.reply(lane.exchange(L.pack_request(L.Request(
+                    L.Op.DETECT, lane.rid, 0, 8, data_name=d.name, out_name=o.name)), None))
+                assert got.status == L.Status.OK
+        maps = Path(f"/proc/{worker_pid}/maps").read_text().count("/dev/shm/shmpool-")
+        assert maps <= 2 * 64                        # the cache cap, never the 12,000 segments
+    errors = []
+
+    def other(seed):
+        with Client(server.path) as h:
+            for i in range(40):
+                if h.detect(planted(seed + i)).tolist() != [7, 113, 835]:
+                    errors.append(seed + i)
+    threads = [threading.Thread(target=other, args=(k * 100,)) for k in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+
+
+def test_out_of_descriptors_the_server_says_busy_and_keeps_serving(tmp_path):
+    """Idle connections past the fd limit made the server exit (issue 10.5)."""
+    import resource
+    import subprocess
+    import sys
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    path = str(tmp_path / "fd.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "shmpool", "serve", "--socket", path,
+                             "--workers", "2"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=low_limit)
+    socks, busy = [], 0
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Client(path) as c:
+            c.ping()
+        for _ in range(320):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.connect(path)
+            socks.append(s)
+        for s in socks:                                  # a refused one got BUSY, then EOF
+            s.setblocking(False)
+        time.sleep(1.0)
+        for s in socks:
+            try:
+                reply = s.recv(65536)
+            except BlockingIOError:
+                continue
+            if reply:
+                assert L.unpack_reply(reply).status == L.Status.BUSY
+                busy += 1
+        assert busy > 0 and proc.poll() is None
+        for s in socks[:200]:
+            s.close()
+        time.sleep(0.5)
+        with Client(path) as c:                          # still serving
+            assert c.detect(planted(4)).tolist() == [7, 113, 835]
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "busy" in err.lower()
+
+
+def test_a_server_of_another_user_is_refused(tmp_path):
+    """A client talked to a stranger that squatted the socket path and took
+    its [0, 0, 0] (issue 10.6)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a listener as another uid")
+    import tempfile
+    where = tempfile.mkdtemp(prefix="shmpool-squat-", dir="/tmp")
+    os.chmod(where, 0o777)
+    path = os.path.join(where, "squat.sock")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setuid(65534)
+            lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            lst.bind(path)
+            os.chmod(path, 0o666)
+            lst.listen(8)
+            os.write(w, b"up")
+            conn, _ = lst.accept()
+            conn.recv(65536)
+            conn.send(L.pack_reply(L.Reply(L.Status.OK, 1, values=(2.0, 1.0, 0.0, 1.0, 3.0),
+                                           message="classic split 5 threshold=2.0")))
+            time.sleep(2)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(r, 2) == b"up"
+        with pytest.raises(UntrustedServer, match="uid 65534"):
+            Client(path, timeout=5)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r), os.close(w)
+        import shutil
+        shutil.rmtree(where)
+
+
+def test_a_client_timeout_never_poisons_later_calls(tmp_path):
+    """After one client-side timeout, every later call read the previous
+    call's reply (issue 10.7): the timed-out connection is dropped."""
+    s = ServerProcess(tmp_path / "t7.sock", "--workers", "2",
+                      "--detector", "shmpool.testing:pause_on_7").start()
+    try:
+        with Client(s.path, timeout=0.3) as c:
+            with pytest.raises(DetectTimeout):
+                c.detect(np.arange(7.0))
+            for seed in range(5):
+                assert c.detect(planted(seed)).tolist() == [7, 113, 835]
+            time.sleep(1.0)                       # the late reply arrives on a closed lane
+            assert c.detect(np.r_[np.zeros(30), 5.0]).tolist() == [30]
+    finally:
+        assert s.stop() == 0
+
+
+def test_three_hundred_hosts_connecting_at_once(server):
+    """40-179 of 300 got BlockingIOError at once (issue 10.8): clients retry
+    within their timeout and the backlog is as deep as the system allows."""
+    barrier = threading.Barrier(300)
+    outcomes = []
+
+    def host(i):
+        barrier.wait()
+        try:
+            with Client(server.path, timeout=60) as c:
+                c.ping()
+            outcomes.append("ok")
+        except Exception as e:  # noqa: BLE001 - counted
+            outcomes.append(repr(e))
+
+    threads = [threading.Thread(target=host, args=(i,)) for i in range(300)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert outcomes.count("ok") == 300, [o for o in outcomes if o != "ok"][:5]
+
+
+def test_memory_follows_the_segments_lives(server):
+    """The server remembered every segment name (issue 10.16); workers kept a
+    closed connection's segments mapped for 40 s."""
+    server_rss = psutil.Process(server.proc.pid).memory_info().rss
+    with Client(server.path) as c:
+        [(_, pid)] = lane_workers(c, 1)
+        names, kept = [], []
+        for i in range(300):
+            d = Segment.create(1000, L.KIND_DATA)
+            o = Segment.create(1000, L.KIND_RESULT)
+            d.set_count(1000)
+            assert c.detect_segments(d.name, 0, 1000, o.name).status == L.Status.OK
+            names += [d.name, o.name]
+            if i % 2:                                   # half unlinked now, half kept
+                for seg in (d, o):
+                    seg.close(), seg.unlink()
+            else:
+                kept += [d, o]
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+        assert sum(n in mapped for n in names) <= 64
+    time.sleep(0.3)                                     # connection closed: all unmapped
+    mapped = Path(f"/proc/{pid}/maps").read_text()
+    assert not [n for n in names if n in mapped]
+    for seg in kept:
+        seg.close(), seg.unlink()
+    assert psutil.Process(server.proc.pid).memory_info().rss - server_rss < 1 << 20

@@ -54,6 +54,16 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+def set_process_name(name: str) -> None:
+    """The name ps, top and /proc/<pid>/comm show (15 bytes at most)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)      # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def describe(status: int | None) -> str:
     """'killed by SIGKILL', 'exited with code 3', ... for an exit status
     (negative: the signal's number)."""

@@ -424,6 +424,8 @@ def main(ctrl_fd: int, config: dict) -> None:
     """Run a worker on control socket *ctrl_fd* until its supervisor goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the host's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from .launch import set_process_name
+    set_process_name(f"shmpool-worker{config.get('index', '')}")
     ctrl = socket.socket(fileno=ctrl_fd)
     np.seterr(all="ignore")   # overflow is reported by value (NonFiniteError), not as noise
     if config.get("memory_limit"):

@@ -25,6 +25,7 @@ import numpy  # noqa: E402,F401 - preloaded for every worker
 
 from .. import detectors  # noqa: E402,F401 - preloaded
 from . import worker  # noqa: E402
+from .launch import set_process_name  # noqa: E402
 
 
 def _send(sock: socket.socket, body: dict, fds: list[int] = ()) -> None:
@@ -32,6 +33,7 @@ def _send(sock: socket.socket, body: dict, fds: list[int] = ()) -> None:
 
 
 def main(fd: int) -> None:
+    set_process_name("shmpool-zygote")
     sock = socket.socket(fileno=fd)
     children: dict[int, int] = {}              # pidfd -> pid
     poller = select.poll()

@@ -486,7 +486,7 @@ static int send_packet(int fd, Py_buffer *b)
             continue;
         }
         errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "send");   /* filename "send": nothing ran */
         return -1;
     }
 }
