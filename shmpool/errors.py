@@ -12,6 +12,7 @@ is involved; everything else descends from one root::
     ├── DetectorError           the detector raised; remote traceback as __cause__
     │   └── NonFiniteError      NaN/inf under nan_policy="raise" (also ValueError)
     ├── ResultTooSmall          the return segment cannot hold the answer
+    ├── InvalidParameter        a worker refused a parameter value (also ValueError)
     ├── SegmentError            a shared-memory segment is unusable
     │   ├── SegmentNotFound     no such segment (never made, or unlinked)
     │   ├── SegmentPermission   not ours, mode wider than 0600, not a regular file
@@ -95,6 +96,11 @@ class ResultTooSmall(ShmpoolError):
         self.capacity = capacity
 
 
+class InvalidParameter(ShmpoolError, ValueError):
+    """A detector parameter, row or nan_policy out of range, refused by the worker."""
+    status = Status.BAD_VALUE
+
+
 class SegmentError(ShmpoolError):
     """A shared-memory segment cannot be used."""
     status = Status.NO_SEGMENT
@@ -157,7 +163,7 @@ _BY_STATUS = {
     Status.DETECTOR_ERROR: DetectorError,
     Status.WORKER_DIED: WorkerDied,
     Status.NON_FINITE: NonFiniteError,
-    Status.BAD_VALUE: ProtocolError,
+    Status.BAD_VALUE: InvalidParameter,
     Status.TIMEOUT: DetectTimeout,
     Status.SHUTTING_DOWN: ServerUnavailable,
     Status.BUSY: ServerUnavailable,

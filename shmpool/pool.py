@@ -33,11 +33,13 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 import threading
 import time
 import weakref
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import detectors
 from . import layout as L
@@ -128,16 +130,20 @@ class Pool(CallForms):
 
     def detect(self, x, *, out: ReturnSegment | None = None, timeout: float | None = None,
                threshold: float | None = None, nan_policy: str | None = None,
-               detector: str | None = None) -> np.ndarray:
+               detector: str | None = None, params: Mapping[str, float] | None = None
+               ) -> NDArray[np.int64]:
         """Indices of the outliers in the 1-D real array *x*, ascending.
 
-        Returns a new int64 ndarray, or, with ``out=``, a read-only view of
-        the indices written into that ReturnSegment (ResultTooSmall if it
-        cannot hold them: its count is then 0 and its contents unspecified).
+        *detector* picks one of the pool's detectors by name (default: the
+        first); *params* sets its parameters for this call by name
+        (``threshold=k`` is short for ``params={"threshold": k}``).  Returns a
+        new int64 ndarray, or, with ``out=``, a read-only view of the indices
+        written into that ReturnSegment (ResultTooSmall if it cannot hold
+        them: its count is then 0 and its contents unspecified).
         """
         x = as_real_1d(x)
         row = self._row(detector)
-        params = () if threshold is None else self._params(row, check_threshold(threshold))
+        params = self._params(row, threshold, params)
         policy = L.POLICY_CODES[self.nan_policy if nan_policy is None else check_policy(nan_policy)]
         if out is not None and not isinstance(out, ReturnSegment):
             raise TypeError(f"out must be a ReturnSegment, not {type(out).__name__}")
@@ -347,11 +353,9 @@ class Pool(CallForms):
         raise ValueError(f"detector {detector!r} is not one of this pool's: "
                          f"{[r.name for r in self._rows]}")
 
-    def _params(self, row: int, threshold: float) -> tuple:
-        names = [p for p, _ in self._rows[row].params]
-        if "threshold" not in names:
-            raise TypeError(f"detector {self._rows[row].name!r} takes no threshold")
-        return tuple(threshold if p == "threshold" else math.nan for p in names)
+    def _params(self, row: int, threshold, params) -> tuple:
+        """The request's parameters, in the row's order; NaN leaves the default."""
+        return request_params(self._rows[row], threshold, params)
 
     def _whole(self, token: Token, lane: Lane, x: np.ndarray, out: ReturnSegment | None,
                row: int, policy: int, params, deadline) -> np.ndarray:
@@ -549,6 +553,30 @@ def _emergency_cleanup(owner_pid: int, owned: set[str], workers: Workers) -> Non
     for name in list(owned):
         seg_mod.unlink_name(name)
     owned.clear()
+
+
+def request_params(row: L.DetectorRow, threshold=None, params=None) -> tuple:
+    """A call's parameters by name as the request carries them: in the row's
+    order, NaN for those left at their default."""
+    given = dict(params or {})
+    if threshold is not None:
+        if "threshold" in given:
+            raise TypeError("give threshold= or params={'threshold': ...}, not both")
+        given["threshold"] = check_threshold(threshold)
+    if not given:
+        return ()
+    names = [p for p, _ in row.params]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise TypeError(f"detector {row.name!r} has no parameter {', '.join(sorted(unknown))}; "
+                        f"it takes {', '.join(names) or 'none'}")
+    values = []
+    for name in names:
+        v = given.get(name, math.nan)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"parameter {name} must be a real number, not {type(v).__name__}")
+        values.append(float(v))
+    return tuple(values)
 
 
 def check_specs(detector) -> list[str]:

@@ -28,7 +28,7 @@ from . import layout as L
 from ._forms import CallForms
 from .errors import (DetectorError, DetectTimeout, PoolClosed, RemoteTraceback,
                      ShmpoolError, WorkerDied)
-from .pool import as_real_1d, check_policy, check_specs, check_threshold
+from .pool import as_real_1d, check_policy, check_specs, check_threshold, request_params
 
 
 def _row(spec: str, threshold: float) -> detectors.Row:
@@ -52,7 +52,7 @@ def _flag_task(x, a, b, spec, threshold, values, policy, cut):
 
 def _detect_task(x, spec, threshold, values, policy):
     row = _row(spec, threshold)
-    return row.impl.detect(x, row.params(values, policy))
+    return row.detect(x, row.params(values, policy))
 
 
 class RayPool(CallForms):
@@ -102,11 +102,12 @@ class RayPool(CallForms):
         return self._ray.put(np.ascontiguousarray(as_real_1d(x), dtype=np.float64))
 
     def detect(self, x, *, timeout: float | None = None, threshold: float | None = None,
-               nan_policy: str | None = None) -> np.ndarray:
-        """Indices of the outliers of x (an array-like, or a ref from put())."""
+               nan_policy: str | None = None, params=None) -> np.ndarray:
+        """Indices of the outliers of x (an array-like, or a ref from put());
+        *params* and *threshold* as for Pool.detect."""
         if self._closed:
             raise PoolClosed("the pool is closed")
-        values = () if threshold is None else (check_threshold(threshold),)
+        values = request_params(self._table.table_row(), threshold, params)
         policy = self.nan_policy if nan_policy is None else check_policy(nan_policy)
         if isinstance(x, self._ray.ObjectRef):
             ref, n = x, len(self._ray.get(x))      # a zero-copy view on this node

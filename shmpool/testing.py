@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .detectors import classic
+from .detectors import Classic, SplitDetector, classic
 
 
 def fail_on_negative(x, threshold=2.0):
@@ -101,3 +101,51 @@ def pause_on_7(x, threshold=2.0):
     if len(x) == 7:
         time.sleep(1)
     return classic(x, threshold, "raise")
+
+
+class _Failing(SplitDetector):
+    """A split detector (the classic one's arithmetic) that raises in one phase."""
+
+    params = {"threshold": 2.0}
+    summary_size = 5
+    phase = ""
+
+    def __init__(self):
+        self.inner = Classic()
+
+    def summarize(self, x, p):
+        if self.phase == "summarize" and p.base > 0:      # only the second chunk's worker
+            raise ArithmeticError("summarize failed on purpose")
+        return self.inner.summarize(x, p)
+
+    def combine(self, summaries, p):
+        if self.phase == "combine":
+            raise LookupError("combine failed on purpose")
+        return self.inner.combine(summaries, p)
+
+    def flag(self, x, cut, p):
+        if self.phase == "flag" and p.base > 0:
+            raise RuntimeError("flag failed on purpose")
+        return self.inner.flag(x, cut, p)
+
+
+class FailsInSummarize(_Failing):
+    phase = "summarize"
+
+
+class FailsInCombine(_Failing):
+    phase = "combine"
+
+
+class FailsInFlag(_Failing):
+    phase = "flag"
+
+
+class WrongSummarySize(_Failing):
+    def summarize(self, x, p):
+        return [1.0, 2.0]
+
+
+def two_params(x, threshold=2.0, floor=0.0):
+    """A plain function with two float parameters: |x| > max(threshold, floor)."""
+    return np.flatnonzero(np.abs(x) > max(threshold, floor))

@@ -10,15 +10,16 @@ from shmpool.client import Client
 
 
 class ServerProcess:
-    def __init__(self, path, *args):
+    def __init__(self, path, *args, env=None):
         self.path = str(path)
         self.args = args
+        self.env = env
         self.proc = None
 
     def start(self, timeout=60):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shmpool", "serve", "--socket", self.path, *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,6 +3,8 @@
 Skipped only when the extra is not installed; CI installs it."""
 
 import asyncio
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -19,8 +21,10 @@ def cluster():
     assert not ray.is_initialized()
     with pytest.raises(ValueError, match="explicitly"):
         RayPool()                     # never silently: no cluster chosen yet
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 2**20,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": examples}})
     yield
     ray.shutdown()
 
@@ -98,3 +102,17 @@ def test_submit_and_asyncio(rpool):
         return await asyncio.gather(*(rpool.detect_async(planted(s)) for s in range(4)))
 
     assert [r.tolist() for r in asyncio.run(main())] == [[7, 113, 835]] * 4
+
+
+@pytest.mark.parametrize("spec,params", [("tukey", {}), ("spikes:Spikes", {"k": 3.0})])
+def test_split_detectors_split_the_same_on_ray(cluster, spec, params):
+    """Issue 12: RayPool splits any SplitDetector by the rule the local Pool
+    uses, so with the same chunks the answers are identical."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "examples"))
+    x = np.random.default_rng(6).standard_t(4, 1_200_001)
+    with Pool(workers=2, detector=spec) as local:
+        expected = local.detect(x, params=params)
+    with RayPool(detector=spec, chunks=2) as rp:
+        got = rp.detect(x, params=params) if params else rp.detect(x)
+    assert len(expected) > 100 and np.array_equal(got, expected)

@@ -195,7 +195,7 @@ class Handler:
                 idx = detectors.check_indices(
                     impl.flag(x, np.asarray(req.params, dtype=np.float64), p), len(x))
             else:
-                idx = impl.detect(x, p)
+                idx = row.detect(x, p)
             needed = len(idx)
             if needed <= len(region):
                 np.add(idx, req.base, out=region[:needed])

@@ -1,0 +1,427 @@
+"""The load: pools, an optional server, the calling threads and the kills.
+
+``Load.setup`` makes a ``Pool`` (``--workers``), a pool of
+``shmpool.testing:troublemaker`` and, with ``--go-host``, a ``shmpool serve``
+of its own (checked with one run of the Go program).  ``Load.start`` starts
+``--threads`` threads, each making calls from a fixed mix (see MIX) until
+``stop``; ``pause`` parks them all (and the Go loop) between two calls so
+that a sample sees a quiet system, ``resume`` lets them go on.
+
+Every ``--error-every``-th call fails on purpose (negative data to the
+troublemaker -> DetectorError; NaN data -> NonFiniteError) and every
+``--kill-every``-th call SIGKILLs a random worker other than a witness.
+Anything else that goes wrong is an unexpected failure: counted in
+``stats["unexpected"]`` and described in ``failures`` (the first 20).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from .allocator import MMAP_ENV, can_die_with_parent, die_with_parent, fix_mmap_threshold
+from .config import Config, SetupError
+from .gohost import GO_ANSWER, GoDriver, run_go
+from .sampling import Watch, segments_of
+
+# The calls (weights out of 100): copy-in (contiguous, strided, float32),
+# zero-copy (slices of one long-lived pool.empty array; fresh pool.empty
+# arrays dropped after one call), answers into a ReturnSegment, submit(),
+# the troublemaker pool, and with a server: Client calls on the thread's
+# connection and on a connection opened for the one call.
+MIX = [("copy", 35), ("copy_strided", 4), ("copy_f32", 4), ("shared", 22),
+       ("fresh_empty", 5), ("out", 10), ("submit", 5), ("trouble", 8)]
+CLIENT_MIX = [("client", 12), ("client_new", 2)]
+VERIFY_MAX = 65536              # answers up to this size are compared with reference()
+VERIFY_SHARE = 0.2              # ... this share of them
+
+
+class _NoError(Exception):
+    """A call that had to fail did not."""
+
+
+class Load:
+    """Pools, an optional server, the load threads, the Go loop and the kills."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stats: Counter = Counter()
+        self.failures: list[str] = []           # unexpected outcomes, the first 20
+        self.notes: list[str] = []
+        self.done = 0                           # completed detect calls of every kind
+        self.pool = self.trouble = self.shared = None
+        self.server_proc: subprocess.Popen | None = None
+        self.socket_path: str | None = None
+        self.go: GoDriver | None = None
+        self.watch = Watch({"pool": lambda: self.pool.worker_pids(),
+                            "trouble": lambda: self.trouble.worker_pids()},
+                           server=self.server_pid)
+        self._env_before: str | None = None
+        self._go_counts = (0, 0, 0, 0)
+        self._lock = threading.Lock()
+        self._kill_lock = threading.Lock()
+        self._numbers = itertools.count(1)      # Python calls: schedule kills and errors
+        self._stop = threading.Event()
+        self._pause = threading.Condition()
+        self._pausing = False
+        self._parked = 0
+        self._active = 0
+        self._threads: list[threading.Thread] = []
+        self._tmpdir: str | None = None
+        self._server_log = None
+
+    # -- setup / teardown -------------------------------------------------------------
+
+    def setup(self) -> None:
+        from .. import Pool
+        from ..errors import ShmpoolError
+
+        cfg = self.cfg
+        self._env_before = os.environ.get(MMAP_ENV)
+        self.notes.append(fix_mmap_threshold(cfg.malloc_mmap_threshold))
+        rng = np.random.default_rng(cfg.seed)
+        n = cfg.max_size
+        self.base = rng.standard_normal(2 * n + 1024)
+        self.base[rng.integers(0, len(self.base), 64)] += 40.0   # a few clear outliers
+        self.positive = np.abs(self.base[:n + 512]) + 1.0
+        self.with_nan = self.base[:1000].copy()
+        self.with_nan[rng.integers(0, 1000, 3)] = np.nan
+        if cfg.go_host is not None:
+            self._start_server()          # first, while this process has one thread
+        try:
+            self.pool = Pool(workers=cfg.workers, nan_policy="raise")
+            self.trouble = Pool(workers=2, detector="shmpool.testing:troublemaker")
+            self.shared = self.pool.empty(n + 1024)
+            self.shared[:] = self.base[:len(self.shared)]
+            # The submit() executor starts its threads lazily, up to its maximum:
+            # start them all now, or they would read as thread growth later.
+            futs = [self.pool.submit(self.base[:100]) for _ in range(4 * cfg.workers + 4)]
+            for f in futs:
+                f.result()
+        except (ShmpoolError, OSError, ValueError) as e:
+            raise SetupError(f"cannot start the pools: {e}") from e
+
+    def _start_server(self) -> None:
+        from ..client import Client
+
+        self._tmpdir = tempfile.mkdtemp(prefix="shmpool-soak-")
+        self.socket_path = os.path.join(self._tmpdir, "serve.sock")
+        self._server_log = open(os.path.join(self._tmpdir, "serve.log"), "w+")
+        self.server_proc = subprocess.Popen(
+            [sys.executable, "-m", "shmpool", "serve", "--socket", self.socket_path,
+             "--workers", str(self.cfg.server_workers)],
+            stdout=self._server_log, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent if can_die_with_parent() else None)
+        end = time.monotonic() + 60
+        while True:
+            if self.server_proc.poll() is not None:
+                raise SetupError(f"shmpool serve exited with {self.server_proc.returncode}: "
+                                 f"{self._server_output()}")
+            try:
+                with Client(self.socket_path, timeout=5) as c:
+                    c.ping()
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise SetupError("shmpool serve did not come up in 60 s") from None
+                time.sleep(0.05)
+        out, _ = run_go(self.cfg.go_host, self.socket_path)
+        if out.returncode != 0 or out.stdout.strip() != GO_ANSWER:
+            raise SetupError(f"{self.cfg.go_host} -socket {self.socket_path}: exit status "
+                             f"{out.returncode}, stdout {out.stdout.strip()!r}, "
+                             f"stderr {out.stderr.strip()!r}; expected {GO_ANSWER}")
+
+    def _server_output(self) -> str:
+        self._server_log.flush()
+        self._server_log.seek(0)
+        return self._server_log.read()[-2000:]
+
+    def server_pid(self) -> int | None:
+        p = self.server_proc
+        return p.pid if p is not None and p.poll() is None else None
+
+    def staging_bytes(self) -> int:
+        """Bytes of the pools' staging segments (large inputs, kept for reuse:
+        up to STAGING_KEPT of varying size, legitimately)."""
+        total = 0
+        for pool in (self.pool, self.trouble):
+            for st in list(getattr(pool, "_staging", ())):
+                total += getattr(getattr(st, "segment", st), "size", 0)
+        return total
+
+    def teardown(self) -> None:
+        """Stop everything; what did not stop cleanly goes to ``failures``."""
+        self._stop.set()
+        self.resume()
+        if self.go is not None:
+            self._go_pause()
+            for problem in self.go.stop():
+                self.failures.append(problem)
+        for t in self._threads:
+            t.join(120)
+            if t.is_alive():
+                self.failures.append(f"load thread {t.name} did not stop in 120 s")
+        if self.server_proc is not None:
+            if self.server_proc.poll() is None:
+                self.server_proc.send_signal(signal.SIGTERM)
+                try:
+                    code = self.server_proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.server_proc.kill()
+                    code = self.server_proc.wait()
+                    self.failures.append("shmpool serve did not stop on SIGTERM in 30 s")
+            else:
+                code = self.server_proc.returncode
+            if code != 0:
+                self.failures.append(f"shmpool serve exited with {code}: {self._server_output()}")
+            self._server_log.close()
+        self.shared = None
+        for p in (self.pool, self.trouble):
+            if p is not None:
+                p.close()
+        gc.collect()
+        left = [n for n in segments_of(os.getpid()) if not n.endswith("-owner")]
+        if self.server_proc is not None:
+            left += segments_of(self.server_proc.pid)
+        if left:
+            self.failures.append(f"{len(left)} segment(s) left in /dev/shm after the soak: "
+                                 f"{left[:5]}")
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._env_before is None:
+            os.environ.pop(MMAP_ENV, None)
+        else:
+            os.environ[MMAP_ENV] = self._env_before
+
+    # -- running and pausing -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.cfg.go_host is not None:
+            self.go = GoDriver(self.cfg.go_host, self.socket_path)
+        self._active = self.cfg.threads
+        for i in range(self.cfg.threads):
+            t = threading.Thread(target=self._load, args=(i,), daemon=True, name=f"soak-load-{i}")
+            t.start()
+            self._threads.append(t)
+
+    @property
+    def active(self) -> int:
+        """Load threads still running."""
+        return self._active
+
+    def pause(self, timeout: float = 120.0) -> None:
+        """Park the Go loop and every load thread between two calls."""
+        self._go_pause()
+        with self._pause:
+            self._pausing = True
+            end = time.monotonic() + timeout
+            while self._parked < self._active:
+                left = end - time.monotonic()
+                if left <= 0:
+                    self._fail(f"load threads did not reach a checkpoint in {timeout:g} s")
+                    return
+                self._pause.wait(left)
+
+    def resume(self, go: bool = True) -> None:
+        with self._pause:
+            self._pausing = False
+            self._pause.notify_all()
+        if go and self.go is not None and not self._stop.is_set():
+            self.go.resume()
+
+    def _checkpoint(self) -> None:
+        with self._pause:
+            if not self._pausing:
+                return
+            self._parked += 1
+            self._pause.notify_all()
+            while self._pausing:
+                self._pause.wait()
+            self._parked -= 1
+
+    def _thread_done(self) -> None:
+        with self._pause:
+            self._active -= 1
+            self._pause.notify_all()
+
+    def _go_pause(self) -> None:
+        """Park the Go loop between two runs and take over its counts."""
+        if self.go is None:
+            return
+        got = self.go.pause()
+        if got is None:
+            self._fail("the Go loop did not pause within 120 s")
+            return
+        runs, ok, died, bad, last = got
+        with self._lock:
+            self.done += runs - self._go_counts[0]
+            self.stats["go_ok"] += ok - self._go_counts[1]
+            self.stats["go_worker_died"] += died - self._go_counts[2]
+            new_bad = bad - self._go_counts[3]
+            if new_bad:
+                self.stats["unexpected"] += new_bad
+                if len(self.failures) < 20:
+                    self.failures.append(f"go host ({new_bad} run(s)): {last}")
+            self._go_counts = (runs, ok, died, bad)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.stats["unexpected"] += 1
+            if len(self.failures) < 20:
+                self.failures.append(what)
+
+    def _kill(self, r: random.Random) -> None:
+        """SIGKILL a random worker, never a group's witness (role w0)."""
+        with self._kill_lock:
+            pids = self.watch.killable()
+            if not pids:
+                return
+            try:
+                os.kill(r.choice(pids), signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            self._count("kills")
+
+    def _size(self, r: random.Random) -> int:
+        n = int(math.exp(r.uniform(math.log(self.cfg.min_size), math.log(self.cfg.max_size))))
+        return 14 if n == 13 else n
+
+    def _call(self, op: str, n: int, r: random.Random, ret, client):
+        """Make one call; returns (input, answer) or raises."""
+        from ..client import Client
+        from ..errors import ResultTooSmall
+
+        off = r.randrange(0, len(self.base) - 2 * n)
+        x = self.base[off:off + n]
+        if op == "copy":
+            return x, self.pool.detect(x)
+        if op == "copy_strided":
+            x = self.base[off:off + 2 * n:2]
+            return x, self.pool.detect(x)
+        if op == "copy_f32":
+            x32 = x.astype(np.float32)
+            return x32, self.pool.detect(x32)          # reference() widens it the same way
+        if op == "shared":
+            off = r.randrange(0, len(self.shared) - n)
+            x = self.shared[off:off + n]
+            return x, self.pool.detect(x)
+        if op == "fresh_empty":
+            buf = self.pool.empty(n)
+            buf[:] = x
+            return x, self.pool.detect(buf)
+        if op == "out":
+            try:
+                return x, self.pool.detect(x, out=ret).copy()
+            except ResultTooSmall:
+                self._count("result_too_small")
+                return x, None
+        if op == "submit":
+            return x, self.pool.submit(x).result()
+        if op == "trouble":
+            start = off % (len(self.positive) - n)
+            x = self.positive[start:start + n]
+            return x, self.trouble.detect(x)
+        if op == "client":
+            return x, client.detect(x)
+        if op == "client_new":
+            with Client(self.socket_path) as c:
+                return x, c.detect(x)
+        # the calls that must fail
+        if op == "trouble_negative":
+            self.trouble.detect(x - 10.0)
+        elif op == "nan":
+            self.pool.detect(self.with_nan)
+        elif op == "client_nan":
+            client.detect(self.with_nan)
+        else:
+            raise AssertionError(op)
+        raise _NoError(f"{op} n={n}: the call did not fail")
+
+    def _load(self, idx: int) -> None:
+        from .. import ReturnSegment, reference
+        from ..client import Client
+        from ..errors import DetectorError, NonFiniteError, WorkerDied
+
+        cfg = self.cfg
+        r = random.Random(cfg.seed * 1000 + idx)
+        ret = client = None
+        try:
+            ret = ReturnSegment(1 << 16)
+            client = Client(self.socket_path) if self.socket_path else None
+            names, weights = zip(*(MIX + (CLIENT_MIX if client is not None else [])))
+            errors = ["trouble_negative", "nan"] + (["client_nan"] if client else [])
+            # Prime: every kind of call once at the largest size, so that the
+            # heap of this thread (and of the workers) meets its peak in warm-up.
+            priming = [(op, cfg.max_size) for op in names + tuple(errors)]
+            while not self._stop.is_set():
+                self._checkpoint()
+                if self._stop.is_set():
+                    break
+                if cfg.calls is not None and self.done >= cfg.calls:
+                    break
+                if priming:
+                    op, n = priming.pop()
+                else:
+                    i = next(self._numbers)
+                    if cfg.kill_every and i % cfg.kill_every == 0:
+                        self._kill(r)
+                    if cfg.error_every and i % cfg.error_every == 0:
+                        op = errors[(i // cfg.error_every) % len(errors)]
+                    else:
+                        op = r.choices(names, weights)[0]
+                    n = self._size(r)
+                x = got = None
+                try:
+                    x, got = self._call(op, n, r, ret, client)
+                except WorkerDied:
+                    self._count("worker_died")
+                except NonFiniteError as e:
+                    if op in ("nan", "client_nan"):
+                        self._count("errors_raised")
+                    else:
+                        self._fail(f"{op} n={n}: NonFiniteError: {e}")
+                except DetectorError as e:
+                    if op == "trouble_negative" and e.remote_type == "ValueError":
+                        self._count("errors_raised")
+                    else:
+                        self._fail(f"{op} n={n}: {type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 - every surprise is reported
+                    self._fail(f"{op} n={n}: {type(e).__name__}: {e}")
+                else:
+                    self._count("ok")
+                    if got is not None and n <= VERIFY_MAX and r.random() < VERIFY_SHARE:
+                        self._count("verified")
+                        if not np.array_equal(got, reference(x)):
+                            self._fail(f"{op} n={n}: the answer differs from shmpool.reference")
+                finally:
+                    x = got = None
+                    with self._lock:
+                        self.done += 1
+        except Exception as e:  # noqa: BLE001
+            self._fail(f"load thread {idx}: {type(e).__name__}: {e}")
+        finally:
+            if ret is not None:
+                ret.close()
+                ret.unlink()
+            if client is not None:
+                client.close()
+            self._thread_done()
