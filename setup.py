@@ -34,11 +34,12 @@ class OptionalBuildExt(build_ext):
 
 
 ext = [] if os.environ.get("SHMPOOL_NO_EXTENSION", "") not in ("", "0") else [
-    Extension("shmpool._native", [f"shmpool/csrc/{s}" for s in SOURCES],
+    Extension("shmpool._native", [f"shmpool/csrc/{s}" for s in SOURCES], py_limited_api=True,
               depends=[f"shmpool/csrc/{h}" for h in ("cache.h", "kernel.h", "proto.h", "serve.h")],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno",
                                   "-Wall", "-Wextra", "-Wno-unused-parameter",
                                   "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
               extra_link_args=["-pthread"])]
 
-setup(ext_modules=ext, cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=ext, cmdclass={"build_ext": OptionalBuildExt},
+      options={"bdist_wheel": {"py_limited_api": "cp311"}} if ext else {})

@@ -2,10 +2,25 @@
 POSIX shared memory.  See README.md and docs/LAYOUT.md."""
 
 from .detectors import Params, SplitDetector, reference
-from .errors import (BrokenPool, DetectorError, DetectTimeout, InvalidParameter, NonFiniteError, PoolClosed,
-                     ProtocolError, ResultTooSmall, SegmentError, SegmentLayoutError,
-                     SegmentNotFound, SegmentPermission, SegmentSpaceError, ServerUnavailable,
-                     ShmpoolError, UntrustedServer, WorkerDied)
+from .errors import (
+                     BrokenPool,
+                     DetectorError,
+                     DetectTimeout,
+                     InvalidParameter,
+                     NonFiniteError,
+                     PoolClosed,
+                     ProtocolError,
+                     ResultTooSmall,
+                     SegmentError,
+                     SegmentLayoutError,
+                     SegmentNotFound,
+                     SegmentPermission,
+                     SegmentSpaceError,
+                     ServerUnavailable,
+                     ShmpoolError,
+                     UntrustedServer,
+                     WorkerDied,
+)
 from .pool import Pool
 from .returns import ReturnSegment
 

@@ -14,7 +14,11 @@ import concurrent.futures
 import queue
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from .errors import DetectTimeout, PoolClosed
 
@@ -80,12 +84,28 @@ class _Executor:
 
 class CallForms:
     """Mixin: a pool with ``detect``, ``closed`` and ``_parallelism`` gains
-    ``submit`` (a concurrent.futures.Future), ``map`` and ``detect_async``."""
+    ``submit`` (a concurrent.futures.Future), ``map`` and ``detect_async``,
+    with detect's keyword arguments."""
 
     _executor: _Executor | None = None
 
-    def submit(self, x, **kwargs) -> concurrent.futures.Future:
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def _parallelism(self) -> int:
+        raise NotImplementedError
+
+    detect: Callable[..., NDArray[np.int64]]
+
+    def submit(self, x: Any, *, timeout: float | None = None, threshold: float | None = None,
+               nan_policy: str | None = None, detector: str | None = None,
+               params: Mapping[str, float] | None = None, **kwargs: Any
+               ) -> concurrent.futures.Future[NDArray[np.int64]]:
         """detect() on a pool thread; do not modify x until the future is done."""
+        kwargs.update(_given(timeout=timeout, threshold=threshold, nan_policy=nan_policy,
+                             detector=detector, params=params))
         with _lock:
             if self.closed:
                 raise PoolClosed("the pool is closed")
@@ -94,12 +114,16 @@ class CallForms:
             executor = self._executor
         return executor.submit(self.detect, x, **kwargs)
 
-    def map(self, arrays: Iterable, *, timeout: float | None = None,
-            in_flight: int | None = None, **kwargs) -> Iterator:
+    def map(self, arrays: Iterable[Any], *, timeout: float | None = None,
+            in_flight: int | None = None, threshold: float | None = None,
+            nan_policy: str | None = None, detector: str | None = None,
+            params: Mapping[str, float] | None = None) -> Iterator[NDArray[np.int64]]:
         """detect() over many arrays, answers in order (like Executor.map), with at
         most *in_flight* calls running at once (default: twice the workers).
         *timeout* counts from this call; a result not ready by then raises
         DetectTimeout (also a TimeoutError)."""
+        kwargs = _given(threshold=threshold, nan_policy=nan_policy, detector=detector,
+                        params=params)
         limit = in_flight or 2 * self._parallelism
         if limit < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight!r}")
@@ -121,15 +145,25 @@ class CallForms:
 
         return results()
 
-    async def detect_async(self, x, **kwargs):
+    async def detect_async(self, x: Any, *, timeout: float | None = None,
+                           threshold: float | None = None, nan_policy: str | None = None,
+                           detector: str | None = None,
+                           params: Mapping[str, float] | None = None) -> NDArray[np.int64]:
         """``await pool.detect_async(x)``: detect() without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(x, **kwargs))
+        return await asyncio.wrap_future(self.submit(
+            x, timeout=timeout, threshold=threshold, nan_policy=nan_policy, detector=detector,
+            params=params))
 
     def _stop_executor(self) -> None:
         with _lock:
             ex, self._executor = self._executor, None
         if ex is not None:
             ex.shutdown()
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments actually given (not None), passed on to detect()."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _result(fut: concurrent.futures.Future, end: float | None):

@@ -26,15 +26,15 @@ import struct
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
+from typing import NoReturn
 
 import numpy as np
 
 from . import layout as L
 from ._backend.native import native
 from ._backend.segment import Segment
-from .errors import (DetectTimeout, ProtocolError, ResultTooSmall, ShmpoolError,
-                     WorkerDied, from_status)
+from .errors import DetectTimeout, ProtocolError, ResultTooSmall, ShmpoolError, WorkerDied, from_status
 
 LANE_INPUT = 1 << 16       # elements of each lane's own input segment
 LANE_RESULT = 1 << 12      # initial indices of each lane's result segment
@@ -69,7 +69,7 @@ def _not_sent(e: OSError) -> bool:
 class LaneBroken(Exception):
     """The connection failed: .sent says whether the request reached the worker."""
 
-    def __init__(self, message: str, sent: bool, lane: "Lane"):
+    def __init__(self, message: str, sent: bool, lane: Lane):
         super().__init__(message)
         self.sent, self.lane = sent, lane
 
@@ -77,7 +77,7 @@ class LaneBroken(Exception):
 class LaneTimeout(TimeoutError):
     """No reply in time on .lane."""
 
-    def __init__(self, lane: "Lane"):
+    def __init__(self, lane: Lane):
         super().__init__(f"no reply from worker {lane.worker} in time")
         self.lane = lane
 
@@ -85,11 +85,13 @@ class LaneTimeout(TimeoutError):
 class Lane:
     """One connection to one worker, and the segments it reuses."""
 
-    holder: object = None        # the token of the call using it
+    holder: weakref.ref | None = None   # the token of the call using it
     pending = 0                  # requests sent and not yet answered
     doomed = False               # its worker said it is ending (TIMEOUT, SHUTTING_DOWN, ...)
-    data: Segment | None = None  # input segment for small copy-in calls
-    result: Segment | None = None
+    # The lane's segments: None only until its owner attaches them (as every
+    # class-level None in shmpool: a half-built object is a safe one).
+    data: Segment = None  # type: ignore[assignment]    # input of small copy-in calls
+    result: Segment = None  # type: ignore[assignment]
 
     def __init__(self, sock: socket.socket, index: int):
         self.sock, self.fd, self.index = sock, sock.fileno(), index
@@ -195,7 +197,7 @@ class Lane:
             if seg is not None:
                 seg.close()
                 seg.unlink()
-        self.data = self.result = None
+        self.data = self.result = None  # type: ignore[assignment]
         self.template = None
 
 
@@ -215,7 +217,7 @@ def _recv_into(sock: socket.socket, buf: bytearray, ms: int):
 ENDING = (L.Status.TIMEOUT, L.Status.SHUTTING_DOWN, L.Status.BUSY, L.Status.NOT_PERMITTED)
 
 
-def raise_for(lane: Lane, n: int, capacity: int = 0) -> None:
+def raise_for(lane: Lane, n: int, capacity: int = 0) -> NoReturn:
     r = lane.reply(n)
     if r.status in ENDING:
         lane.doomed = True           # its worker (or the server) is closing the connection
@@ -348,6 +350,7 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
         if x is not None:
             np.copyto(lane.data.region()[:n], x)
             lane.data.set_count(n)
+        packet: bytes | bytearray
         if own:
             packet = lane.detect_packet(n, row, policy, params)
         else:
@@ -372,7 +375,8 @@ def run_split(lanes: list[Lane], data_name: str, start: int, n: int, row: int, p
         if place is not None:
             place(i, a, b)
         lane.send(lane.packet(L.Op.SUMMARIZE, start + a, b - a, a, row, policy, params, data_name))
-    summaries, failure = [], None
+    summaries: list[float] = []
+    failure = None
     for lane in lanes:
         got = lane.recv(deadline)
         status, _rid, _c, _nd, nv = lane.head(got)

@@ -22,10 +22,20 @@ import numpy as np
 
 from . import layout as L
 from ._backend.segment import Segment
-from ._host import (Token, LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
-                    gather, run_split, run_whole)
-from .errors import (DetectTimeout, PoolClosed, ServerUnavailable, UntrustedServer, WorkerDied,
-                     from_status)
+from ._host import (
+    LANE_INPUT,
+    LANE_RESULT,
+    Lane,
+    LaneBroken,
+    Lanes,
+    LaneTimeout,
+    Token,
+    deadline_of,
+    gather,
+    run_split,
+    run_whole,
+)
+from .errors import DetectTimeout, PoolClosed, ServerUnavailable, UntrustedServer, WorkerDied, from_status
 from .server import default_socket_path, peer_cred
 
 
@@ -67,7 +77,7 @@ class Client:
     inf for none) bounds connecting and every call.
     """
 
-    _lanes: Lanes | None = None
+    _lanes: Lanes = None  # type: ignore[assignment]   # None only while half-built
 
     def __init__(self, socket_path: str | None = None, timeout: float | None = 30.0):
         self.path = socket_path or default_socket_path()
@@ -93,7 +103,7 @@ class Client:
             lane.data = Segment.create(LANE_INPUT, L.KIND_DATA)
             lane.result = Segment.create(LANE_RESULT, L.KIND_RESULT)
 
-    def _take(self, token: object, want: int, deadline) -> list[Lane]:
+    def _take(self, token: Token, want: int, deadline) -> list[Lane]:
         with self._dial_lock:
             while len(self._lanes.all) < want or self._lanes.busy() == len(self._lanes.all):
                 if len(self._lanes.all) >= max(want, 4 * self.workers):
@@ -103,7 +113,7 @@ class Client:
                 self._lanes.add(lane)
         return self._lanes.take(token, want, deadline, lambda: PoolClosed("the client is closed"))
 
-    def _settle(self, token: object, broken: Lane | None = None) -> None:
+    def _settle(self, token: Token, broken: Lane | None = None) -> None:
         try:
             for lane in self._lanes.held_by(token):
                 if lane.pending or lane.doomed or lane is broken:

@@ -65,6 +65,9 @@ class Params:
     chunk starts within the call; 0 for a whole call)."""
 
     __slots__ = ("_values", "nan_policy", "base")
+    _values: dict[str, float]
+    nan_policy: str
+    base: int
 
     def __init__(self, values: Mapping[str, float], nan_policy: str = "raise", base: int = 0):
         object.__setattr__(self, "_values", dict(values))
@@ -86,7 +89,7 @@ class Params:
     def as_dict(self) -> dict[str, float]:
         return dict(self._values)
 
-    def _replace(self, **kw) -> "Params":
+    def _replace(self, **kw) -> Params:
         return Params(kw.get("values", self._values), kw.get("nan_policy", self.nan_policy),
                       kw.get("base", self.base))
 

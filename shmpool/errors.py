@@ -152,7 +152,7 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
-_BY_STATUS = {
+_BY_STATUS: dict[int, type[ShmpoolError]] = {
     Status.BAD_MESSAGE: ProtocolError,
     Status.BAD_NAME: SegmentLayoutError,
     Status.NO_SEGMENT: SegmentNotFound,

@@ -64,7 +64,7 @@ OFF_NEEDED = 40
 class SegmentHeader(NamedTuple):
     kind: int
     capacity: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count
     status: int = 0
     needed: int = 0
     magic: int = SEGMENT_MAGIC
@@ -254,7 +254,7 @@ class Request(NamedTuple):
     op: int
     request_id: int = 0
     start: int = 0
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]  # shadows tuple.count
     base: int = 0
     detector: int = 0
     nan_policy: int = POLICY_DEFAULT
@@ -270,7 +270,7 @@ class Request(NamedTuple):
 class Reply(NamedTuple):
     status: int
     request_id: int = 0
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]  # shadows tuple.count
     needed: int = 0
     values: tuple = ()
     error_type: str = ""

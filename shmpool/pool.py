@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,8 +48,21 @@ from ._backend.launch import START_METHODS
 from ._backend.segment import Segment, reap_orphans
 from ._backend.workers import Workers
 from ._forms import CallForms
-from ._host import (Token, LANE_INPUT, LANE_RESULT, Lane, LaneBroken, Lanes, LaneTimeout, deadline_of,
-                    died, gather, run_split, run_whole, too_small_message)
+from ._host import (
+    LANE_INPUT,
+    LANE_RESULT,
+    Lane,
+    LaneBroken,
+    Lanes,
+    LaneTimeout,
+    Token,
+    deadline_of,
+    died,
+    gather,
+    run_split,
+    run_whole,
+    too_small_message,
+)
 from .errors import BrokenPool, DetectTimeout, PoolClosed, ResultTooSmall
 from .returns import ReturnSegment
 
@@ -79,7 +92,7 @@ class Pool(CallForms):
 
     _closed = True               # a half-built pool is a closed one
     _finalizer = None
-    _workers: Workers | None = None
+    _workers: Workers = None  # type: ignore[assignment]   # None only while half-built
     _owner_pid = 0
 
     def __init__(self, workers: int | None = None, *, detector: str | list[str] = detectors.CLASSIC,
@@ -143,7 +156,7 @@ class Pool(CallForms):
         """
         x = as_real_1d(x)
         row = self._row(detector)
-        params = self._params(row, threshold, params)
+        values = self._params(row, threshold, params)
         policy = L.POLICY_CODES[self.nan_policy if nan_policy is None else check_policy(nan_policy)]
         if out is not None and not isinstance(out, ReturnSegment):
             raise TypeError(f"out must be a ReturnSegment, not {type(out).__name__}")
@@ -160,8 +173,8 @@ class Pool(CallForms):
         try:
             lanes = self._take(token, k, deadline)
             if k == 1:
-                return self._whole(token, lanes[0], x, out, row, policy, params, deadline)
-            return self._split(token, lanes, x, out, row, policy, params, deadline)
+                return self._whole(token, lanes[0], x, out, row, policy, values, deadline)
+            return self._split(token, lanes, x, out, row, policy, values, deadline)
         finally:
             self._settle(token)
 
@@ -258,7 +271,7 @@ class Pool(CallForms):
             got = lane.exchange(lane.packet(L.Op.INFO, 0, 0, 0, 0, 0),
                                 time.monotonic() + self.startup_timeout)
             info = lane.reply(got)
-            lane.pid = int(info.values[L.INFO_PID]) if info.values else slot.pid
+            lane.pid = int(info.values[L.INFO_PID]) if info.values else (slot.pid or 0)
             if not self._rows:
                 self._rows = L.parse_table(info.message)
             lane.data = self._new_segment(LANE_INPUT, L.KIND_DATA)
@@ -271,7 +284,7 @@ class Pool(CallForms):
             raise
         return lane
 
-    def _take(self, token: object, want: int, deadline: float | None) -> list[Lane]:
+    def _take(self, token: Token, want: int, deadline: float | None) -> list[Lane]:
         lanes = self._lanes.take(token, want, deadline, self._closed_error)
         for lane in lanes:
             if lane.pending:                     # an interrupted call left a reply coming
@@ -301,7 +314,7 @@ class Pool(CallForms):
         lane.pending = 0
         return how
 
-    def _settle(self, token: object) -> None:
+    def _settle(self, token: Token) -> None:
         """After a call, however it ended: retire lanes left mid-exchange, release all.
         (Lanes also come back by themselves when the token dies: see Lanes.)"""
         try:

@@ -26,8 +26,7 @@ import numpy as np
 from . import detectors
 from . import layout as L
 from ._forms import CallForms
-from .errors import (DetectorError, DetectTimeout, PoolClosed, RemoteTraceback,
-                     ShmpoolError, WorkerDied)
+from .errors import DetectorError, DetectTimeout, PoolClosed, RemoteTraceback, ShmpoolError, WorkerDied
 from .pool import as_real_1d, check_policy, check_specs, check_threshold, request_params
 
 
@@ -91,10 +90,9 @@ class RayPool(CallForms):
             raise ValueError("RayPool runs only on a cluster chosen explicitly: "
                              "pass address=... or call ray.init(...) first")
         self.chunks = chunks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        opts = dict(max_retries=max_retries)
-        self._summarize = ray.remote(**opts)(_summarize_task)
-        self._flag = ray.remote(**opts)(_flag_task)
-        self._detect = ray.remote(**opts)(_detect_task)
+        self._summarize = ray.remote(max_retries=max_retries)(_summarize_task)
+        self._flag = ray.remote(max_retries=max_retries)(_flag_task)
+        self._detect = ray.remote(max_retries=max_retries)(_detect_task)
         self._closed = False
 
     def put(self, x):

@@ -23,7 +23,7 @@ class ReturnSegment:
     views stay valid after close().
     """
 
-    _seg: Segment | None = None
+    _seg: Segment = None  # type: ignore[assignment]   # None only while half-built
     _unlinked = True             # a half-built object owns nothing
     _detached = False
     _creator = 0
@@ -35,7 +35,7 @@ class ReturnSegment:
         self._unlinked, self._creator = False, os.getpid()
 
     @classmethod
-    def attach(cls, name: str) -> "ReturnSegment":
+    def attach(cls, name: str) -> ReturnSegment:
         """Map another process's result segment (same user) by name, read-write.
         It stays the creator's to unlink (call unlink() here to do it yourself)."""
         self = cls.__new__(cls)

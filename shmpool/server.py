@@ -28,6 +28,7 @@ import struct
 
 from . import layout as L
 from ._backend import control
+from ._backend.launch import WorkerProcess
 from ._backend.workers import Workers
 from .errors import ShmpoolError
 from .pool import check_policy, check_specs, check_threshold, check_timeout
@@ -51,8 +52,8 @@ def peer_cred(conn: socket.socket) -> tuple[int, int]:
 class Server:
     """Owns the socket path and the workers; ``run()`` until ``stop()``."""
 
-    _listener: socket.socket | None = None
-    _workers: Workers | None = None
+    _listener: socket.socket = None  # type: ignore[assignment]   # None: half-built or closed
+    _workers: Workers = None  # type: ignore[assignment]
     _path = ""
 
     def __init__(self, socket_path: str | None = None, *, workers: int | None = None,
@@ -133,7 +134,8 @@ class Server:
                  f", timeout {self.timeout:g} s" if self.timeout else "")
         try:
             while not self._stopping:
-                watch = {self._listener.fileno(): ("accept", -1, None),
+                watch: dict[int, tuple[str, int, WorkerProcess | None]] = {
+                    self._listener.fileno(): ("accept", -1, None),
                          self._wake_r: ("wake", -1, None)}
                 for slot in w.slots:
                     if slot.ctrl is not None:
@@ -276,18 +278,18 @@ class Server:
     def close(self) -> None:
         """Stop accepting, let workers answer what is waiting, end them."""
         self._stopping = True
-        sock, self._listener = self._listener, None
+        sock, self._listener = self._listener, None  # type: ignore[assignment]
         if sock is not None:
             sock.close()
             try:
                 os.unlink(self._path)
             except FileNotFoundError:
                 pass
-        w, self._workers = self._workers, None
+        w, self._workers = self._workers, None  # type: ignore[assignment]
         if w is not None:
             for i in range(len(w.slots)):
                 w.stop_gracefully(i)
-            for i, slot in enumerate(w.slots):
+            for slot in w.slots:
                 if slot.proc is not None:
                     slot.proc.wait(5.0)
             w.close(wait=2.0)

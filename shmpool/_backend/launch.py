@@ -88,7 +88,7 @@ class WorkerProcess:
 
     pidfd = -1
     status: int | None = None       # exit status, once known
-    zygote = None                   # the _Zygote that forked it (its parent), if one did
+    zygote: _Zygote | None = None   # the _Zygote that forked it (its parent), if one did
 
     def __init__(self, pid: int, pidfd: int, child: bool):
         self.pid, self.pidfd, self.child = pid, pidfd, child

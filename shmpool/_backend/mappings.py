@@ -101,7 +101,7 @@ class Cache:
         return region
 
     def sweep(self) -> None:
-        for key, (region, ident, _conn) in list(self._maps.items()):
+        for key, (_region, ident, _conn) in list(self._maps.items()):
             try:
                 st = os.lstat(os.path.join(SHM_DIR, key[0]))
                 same = (st.st_ino, st.st_dev) == ident[:2] and stat.S_ISREG(st.st_mode)

@@ -8,10 +8,11 @@ when the extension is built, which is how the tests run both paths.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-native = None
+native: Any = None
 if os.environ.get("SHMPOOL_NO_EXTENSION", "") in ("", "0"):
     try:
-        from .. import _native as native  # type: ignore[no-redef]
+        from .. import _native as native
     except ImportError:       # built without a compiler: the fallback serves
         native = None

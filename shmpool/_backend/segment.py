@@ -37,8 +37,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import layout as L
-from ..errors import (SegmentError, SegmentLayoutError, SegmentNotFound,
-                      SegmentPermission, SegmentSpaceError)
+from ..errors import SegmentError, SegmentLayoutError, SegmentNotFound, SegmentPermission, SegmentSpaceError
 
 SHM_DIR = "/dev/shm"
 _U64 = struct.Struct("<Q")
@@ -181,7 +180,7 @@ class Segment:
     _creator = 0                 # pid that created it: only that process unlinks
 
     @classmethod
-    def create(cls, capacity: int, kind: int = L.KIND_DATA, name: str | None = None) -> "Segment":
+    def create(cls, capacity: int, kind: int = L.KIND_DATA, name: str | None = None) -> Segment:
         """Create, reserve and map a new segment (named *name*, which the caller
         may have recorded for cleanup before the file exists)."""
         if capacity < 0:
@@ -223,7 +222,7 @@ class Segment:
         return self
 
     @classmethod
-    def attach(cls, name: str, kind: int, writable: bool = False) -> "Segment":
+    def attach(cls, name: str, kind: int, writable: bool = False) -> Segment:
         """Map an existing segment after checking name, owner, mode and header."""
         self = cls()
         fd, st = open_checked(name, writable)

@@ -18,7 +18,6 @@ C extension the Python loop below does the native loop's work too.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import select
@@ -106,6 +105,7 @@ class Handler:
             status = L.Status.OK if count == needed else L.Status.TOO_SMALL
             if status == L.Status.OK:
                 return L.pack_reply(L.Reply(status, rid, count, needed))
+            assert out is not None                       # TOO_SMALL: DETECT or FLAG
             return L.pack_reply(L.Reply(status, rid, 0, needed, error_type="ResultTooSmall",
                                         message=f"the answer has {needed} indices; the result "
                                                 f"segment {req.out_name!r} holds {out.capacity}; "
@@ -182,7 +182,7 @@ class Handler:
                 if len(req.params) != 2:
                     raise BadValue(f"FLAG of the classic detector takes [mean, cut], got "
                                    f"{len(req.params)} values")
-                cut = req.params
+                cut: tuple[float, ...] | None = req.params
             else:
                 total = detectors.Stats(*detectors.chunk_stats(x, p.nan_policy, p.base))
                 cut = detectors.limits(total, p.threshold, p.nan_policy)
@@ -268,6 +268,7 @@ def _shutdown(ctrl: socket.socket, conns: _Conns) -> None:
 
 
 def serve_native(ctrl: socket.socket, handler: Handler, cache, timeout: float) -> None:
+    assert native is not None
     rows = [(type(r.impl) is detectors.Classic, r.defaults.get("threshold", 2.0)) for r in handler.rows]
     loop = native.Loop(ctrl.fileno(), cache, rows, L.POLICY_CODES[handler.nan_policy],
                        timeout or 0.0, L.MAX_REQUEST)
@@ -369,7 +370,7 @@ def serve_python(ctrl: socket.socket, handler: Handler, cache, timeout: float) -
         if time.monotonic() >= next_sweep:
             cache.sweep()
             next_sweep = time.monotonic() + SWEEP_SECONDS
-        for fd, ev in events:
+        for fd, _ev in events:
             if fd == ctrl.fileno():
                 _control(ctrl, conns, added, lambda: _shutdown(ctrl, conns))
                 continue

@@ -14,10 +14,10 @@ knows how a worker is launched, nor what a connection carries.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import time
+from typing import Any
 
 from .. import layout as L
 from ..errors import BrokenPool, from_status
@@ -28,8 +28,8 @@ from .launch import Launcher, WorkerProcess, describe
 class Slot:
     """Worker position i: its process, control socket and connection count."""
 
-    proc: WorkerProcess | None = None
-    ctrl: socket.socket | None = None
+    proc: WorkerProcess = None  # type: ignore[assignment]   # None: no worker in the slot
+    ctrl: socket.socket = None  # type: ignore[assignment]
     max_conns = 0
 
     def __init__(self, index: int):
@@ -82,10 +82,11 @@ class Workers:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             left = deadline - time.monotonic()
-            readable = select.select([slot.ctrl, slot.proc.pidfd], [], [], max(left, 0))[0]
+            watched: list[Any] = [slot.ctrl, slot.proc.pidfd]
+            readable = select.select(watched, [], [], max(left, 0))[0]
             if slot.ctrl in readable:
                 msg = control.recv(slot.ctrl)
-                if msg is not None and msg[0] == control.READY:
+                if msg is not None and msg[0] == control.READY and isinstance(msg[2], dict):
                     err = msg[2].get("error")
                     if err:
                         raise from_status(L.Status.DETECTOR_ERROR, err["type"], err["message"],
@@ -99,9 +100,8 @@ class Workers:
                 raise BrokenPool(f"worker {slot.index} did not start within "
                                  f"{self.startup_timeout:g} s")
             status = self.launcher.exit_status(slot.proc, 1.0)
-            raise BrokenPool(f"worker {slot.index} failed to start ({describe(status)}); run "
-                             f"`{os.path.basename(os.sys.executable)} -c 'import shmpool._backend.worker'` "
-                             "to see why")
+            raise BrokenPool(f"worker {slot.index} failed to start ({describe(status)}); "
+                             "its error, if it printed one, is on this process's stderr")
 
     def give(self, i: int, fd: int, tag: int, peer: int = 0) -> None:
         """Hand connection *fd* to worker i (the caller then closes its copy)."""
@@ -136,7 +136,7 @@ class Workers:
         """End worker i (SIGKILL by its pidfd unless it already ended); how it ended."""
         slot = self.slots[i]
         proc, ctrl = slot.proc, slot.ctrl
-        slot.proc = slot.ctrl = None
+        slot.proc = slot.ctrl = None  # type: ignore[assignment]
         slot.conns = 0
         slot.peers.clear()
         slot.tags.clear()
@@ -162,7 +162,7 @@ class Workers:
         return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.alive()]
 
     def close(self, wait: float = 2.0) -> None:
-        for i, slot in enumerate(self.slots):
+        for slot in self.slots:
             if slot.proc is not None:
                 slot.proc.kill()
         for i in range(len(self.slots)):

@@ -28,7 +28,7 @@ from . import worker  # noqa: E402
 from .launch import set_process_name  # noqa: E402
 
 
-def _send(sock: socket.socket, body: dict, fds: list[int] = ()) -> None:
+def _send(sock: socket.socket, body: dict, fds: tuple[int, ...] = ()) -> None:
     socket.send_fds(sock, [json.dumps(body).encode()], list(fds))
 
 
@@ -83,7 +83,7 @@ def main(fd: int) -> None:
             children[pidfd] = pid
             poller.register(pidfd, select.POLLIN)
             try:
-                _send(sock, {"kind": "spawned", "pid": pid}, [pidfd])
+                _send(sock, {"kind": "spawned", "pid": pid}, (pidfd,))
             except OSError:
                 os._exit(0)
 

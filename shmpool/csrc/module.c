@@ -2,11 +2,14 @@
  * loop, and the host's send/receive, for shmpool's Python code.  Everything
  * here has a Python fallback (shmpool/_backend/native.py says which runs). */
 #define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030B0000   /* abi3: one wheel for every CPython >= 3.11 */
 #include <Python.h>
 
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "cache.h"
@@ -15,6 +18,15 @@
 #include "serve.h"
 
 static PyObject *CacheError;   /* (status, message) of a refused segment */
+static PyObject *CacheType, *RegionType, *LoopType;   /* heap types (the limited API) */
+
+static void free_instance(PyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    freefunc tp_free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    tp_free(self);
+    Py_DECREF(type);
+}
 
 /* ---- kernels ---------------------------------------------------------------- */
 
@@ -83,11 +95,9 @@ typedef struct {
     mapping *m;
 } RegionObject;
 
-static PyTypeObject RegionType;
-
 static PyObject *cache_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 {
-    CacheObject *self = (CacheObject *)t->tp_alloc(t, 0);
+    CacheObject *self = (CacheObject *)PyType_GenericAlloc(t, 0);
     if (self != NULL)
         cache_init(&self->c);
     return (PyObject *)self;
@@ -96,7 +106,7 @@ static PyObject *cache_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 static void cache_dealloc(CacheObject *self)
 {
     cache_clear(&self->c);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    free_instance((PyObject *)self);
 }
 
 static PyObject *cache_region(CacheObject *self, PyObject *args)
@@ -116,10 +126,10 @@ static PyObject *cache_region(CacheObject *self, PyObject *args)
         }
         return NULL;
     }
-    RegionObject *r = PyObject_New(RegionObject, &RegionType);
+    RegionObject *r = (RegionObject *)PyType_GenericAlloc((PyTypeObject *)RegionType, 0);
     if (r == NULL)
         return NULL;
-    Py_INCREF(self);
+    Py_INCREF((PyObject *)self);
     r->owner = self;
     r->m = m;
     cache_pin(&self->c, m);
@@ -179,25 +189,23 @@ static PyMethodDef cache_methods[] = {
     {NULL},
 };
 
-static PySequenceMethods cache_as_sequence = {.sq_length = (lenfunc)cache_len_py};
-
-static PyTypeObject CacheType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmpool._native.Cache",
-    .tp_basicsize = sizeof(CacheObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The segments a worker has mapped (shmpool/csrc/cache.h).",
-    .tp_new = cache_new,
-    .tp_dealloc = (destructor)cache_dealloc,
-    .tp_methods = cache_methods,
-    .tp_as_sequence = &cache_as_sequence,
+static PyType_Slot cache_slots[] = {
+    {Py_tp_doc, "The segments a worker has mapped (shmpool/csrc/cache.h)."},
+    {Py_tp_new, cache_new},
+    {Py_tp_dealloc, cache_dealloc},
+    {Py_tp_methods, cache_methods},
+    {Py_sq_length, cache_len_py},
+    {0, NULL},
 };
+
+static PyType_Spec cache_spec = {"shmpool._native.Cache", sizeof(CacheObject), 0,
+                                 Py_TPFLAGS_DEFAULT, cache_slots};
 
 static void region_dealloc(RegionObject *self)
 {
     cache_unpin(&self->owner->c, self->m);
-    Py_DECREF(self->owner);
-    PyObject_Free(self);
+    Py_DECREF((PyObject *)self->owner);
+    free_instance((PyObject *)self);
 }
 
 static int region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
@@ -207,7 +215,6 @@ static int region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
                              (Py_ssize_t)(8 * cap), self->m->kind == P_KIND_DATA, flags);
 }
 
-static PyBufferProcs region_as_buffer = {.bf_getbuffer = (getbufferproc)region_getbuffer};
 
 static PyObject *region_capacity(RegionObject *self, void *c)
 {
@@ -247,17 +254,17 @@ static PyMethodDef region_methods[] = {
     {NULL},
 };
 
-static PyTypeObject RegionType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmpool._native.Region",
-    .tp_basicsize = sizeof(RegionObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A mapped segment's region; keeps the mapping while alive.",
-    .tp_dealloc = (destructor)region_dealloc,
-    .tp_as_buffer = &region_as_buffer,
-    .tp_getset = region_getset,
-    .tp_methods = region_methods,
+static PyType_Slot region_slots[] = {
+    {Py_tp_doc, "A mapped segment's region; keeps the mapping while alive."},
+    {Py_tp_dealloc, region_dealloc},
+    {Py_bf_getbuffer, region_getbuffer},
+    {Py_tp_getset, region_getset},
+    {Py_tp_methods, region_methods},
+    {0, NULL},
 };
+
+static PyType_Spec region_spec = {"shmpool._native.Region", sizeof(RegionObject), 0,
+                                  Py_TPFLAGS_DEFAULT, region_slots};
 
 /* ---- Loop ------------------------------------------------------------------- */
 
@@ -275,15 +282,17 @@ static int loop_init(LoopObject *self, PyObject *args, PyObject *kw)
     PyObject *cache, *rows;
     double timeout;
     Py_ssize_t max_request;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iO!Oidn", names, &ctrl, &CacheType, &cache, &rows,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOidn", names, &ctrl, &cache, &rows,
                                      &policy, &timeout, &max_request))
         return -1;
-    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence of (classic, threshold)");
-    if (seq == NULL)
+    if (!PyObject_TypeCheck(cache, (PyTypeObject *)CacheType)) {
+        PyErr_SetString(PyExc_TypeError, "cache must be a shmpool._native.Cache");
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    }
+    Py_ssize_t n = PySequence_Size(rows);
+    if (n < 0)
+        return -1;
     if (serve_init(&self->l, ctrl, &((CacheObject *)cache)->c, (size_t)max_request) != 0) {
-        Py_DECREF(seq);
         PyErr_NoMemory();
         return -1;
     }
@@ -291,13 +300,13 @@ static int loop_init(LoopObject *self, PyObject *args, PyObject *kw)
     for (Py_ssize_t i = 0; i < n; i++) {
         int classic;
         double k;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "pd", &classic, &k)) {
-            Py_DECREF(seq);
+        PyObject *item = PySequence_GetItem(rows, i);
+        int ok = item != NULL && PyArg_ParseTuple(item, "pd", &classic, &k);
+        Py_XDECREF(item);
+        if (!ok)
             return -1;
-        }
         self->l.rows[i] = (serve_row){classic, k};
     }
-    Py_DECREF(seq);
     self->l.nrows = (int)n;
     self->l.default_policy = policy;
     self->l.timeout = timeout;
@@ -311,8 +320,8 @@ static void loop_dealloc(LoopObject *self)
 {
     if (self->ready)
         serve_free(&self->l);
-    Py_XDECREF(self->cache);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_XDECREF((PyObject *)self->cache);
+    free_instance((PyObject *)self);
 }
 
 static PyObject *loop_add(LoopObject *self, PyObject *args)
@@ -396,8 +405,13 @@ static PyObject *loop_start_watchdog(LoopObject *self, PyObject *unused)
 static PyObject *loop_fds(LoopObject *self, PyObject *unused)
 {
     PyObject *out = PyList_New(self->l.nconns);
-    for (int i = 0; out && i < self->l.nconns; i++)
-        PyList_SET_ITEM(out, i, Py_BuildValue("(il)", self->l.conns[i].fd, self->l.conns[i].tag));
+    for (int i = 0; out && i < self->l.nconns; i++) {
+        PyObject *t = Py_BuildValue("(il)", self->l.conns[i].fd, self->l.conns[i].tag);
+        if (t == NULL || PyList_SetItem(out, i, t) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
     return out;
 }
 
@@ -414,17 +428,17 @@ static PyMethodDef loop_methods[] = {
     {NULL},
 };
 
-static PyTypeObject LoopType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmpool._native.Loop",
-    .tp_basicsize = sizeof(LoopObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Loop(ctrl, cache, rows, default_policy, timeout, max_request): a worker's request loop",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)loop_init,
-    .tp_dealloc = (destructor)loop_dealloc,
-    .tp_methods = loop_methods,
+static PyType_Slot loop_slots[] = {
+    {Py_tp_doc, "Loop(ctrl, cache, rows, default_policy, timeout, max_request): a worker's request loop"},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, loop_init},
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_methods, loop_methods},
+    {0, NULL},
 };
+
+static PyType_Spec loop_spec = {"shmpool._native.Loop", sizeof(LoopObject), 0, Py_TPFLAGS_DEFAULT,
+                                loop_slots};
 
 /* ---- host I/O --------------------------------------------------------------- */
 
@@ -544,7 +558,7 @@ static PyObject *py_whole(PyObject *self, PyObject *args)
                           &detector, &policy, &params, &data, &xo))
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t np = PyTuple_Check(params) ? PyTuple_GET_SIZE(params) : -1;
+    Py_ssize_t np = PyTuple_Check(params) ? PyTuple_Size(params) : -1;
     if (pkt.len < P_REQUEST_HEAD_SIZE || rep.len < P_REPLY_HEAD_SIZE || np < 0 ||
         np > P_MAX_PARAMS || data.len < P_HEADER_SIZE) {
         PyErr_SetString(PyExc_ValueError, "whole(): bad packet, reply, params or data buffer");
@@ -567,7 +581,7 @@ static PyObject *py_whole(PyObject *self, PyObject *args)
     wr32(q + P_OFF_Q_NAN_POLICY, policy);
     wr32(q + P_OFF_Q_NPARAMS, (uint32_t)np);
     for (Py_ssize_t i = 0; i < P_MAX_PARAMS; i++) {
-        double v = i < np ? PyFloat_AsDouble(PyTuple_GET_ITEM(params, i)) : NAN;
+        double v = i < np ? PyFloat_AsDouble(PyTuple_GetItem(params, i)) : NAN;
         if (v == -1.0 && PyErr_Occurred())
             goto done;
         wrf64(q + P_OFF_Q_PARAMS + 8 * i, v);
@@ -638,19 +652,25 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shmpool._native",
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&CacheType) < 0 || PyType_Ready(&RegionType) < 0 || PyType_Ready(&LoopType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    CacheType = PyType_FromSpec(&cache_spec);
+    RegionType = PyType_FromSpec(&region_spec);
+    LoopType = PyType_FromSpec(&loop_spec);
     CacheError = PyErr_NewException("shmpool._native.CacheError", NULL, NULL);
-    Py_INCREF(&CacheType);
-    Py_INCREF(&RegionType);
-    Py_INCREF(&LoopType);
+    if (CacheType == NULL || RegionType == NULL || LoopType == NULL || CacheError == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(CacheType);
+    Py_INCREF(RegionType);
+    Py_INCREF(LoopType);
+    Py_INCREF(CacheError);
     if (PyModule_AddObject(m, "CacheError", CacheError) < 0 ||
-        PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0 ||
-        PyModule_AddObject(m, "Region", (PyObject *)&RegionType) < 0 ||
-        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0) {
+        PyModule_AddObject(m, "Cache", CacheType) < 0 ||
+        PyModule_AddObject(m, "Region", RegionType) < 0 ||
+        PyModule_AddObject(m, "Loop", LoopType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
