@@ -1,10 +1,25 @@
-"""Command line: ``shmpool demo | serve | cleanup`` (also ``python -m shmpool``)."""
+"""The shmpool command line (also: python -m shmpool)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+
+
+def _per_call(fn, seconds: float = 0.5) -> float:
+    """Median seconds per call of fn over repeated batches, after a warm-up."""
+    import statistics
+    for _ in range(50):
+        fn()
+    batches = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(batches) < 5:
+        t0 = time.perf_counter()
+        for _ in range(100):
+            fn()
+        batches.append((time.perf_counter() - t0) / 100)
+    return statistics.median(batches)
 
 
 def _demo(args) -> int:
@@ -17,28 +32,27 @@ def _demo(args) -> int:
     x[[7, 113, 835]] += 97
     t0 = time.perf_counter()
     with Pool(workers=args.workers) as pool:
-        t1 = time.perf_counter()
+        started = time.perf_counter() - t0
         idx = pool.detect(x)
-        t2 = time.perf_counter()
-        calls = 2000
-        for _ in range(calls):
-            pool.detect(x)
-        t3 = time.perf_counter()
+        pool_call = _per_call(lambda: pool.detect(x))
+        numpy_call = _per_call(lambda: reference(x))
         big = pool.empty(10_000_000)
         big[:] = rng.standard_normal(len(big))
         pool.detect(big)                       # first touch of the workers' mappings
-        t4 = time.perf_counter()
+        t1 = time.perf_counter()
         n_big = len(pool.detect(big))
-        t5 = time.perf_counter()
+        big_time = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        reference(big)
+        numpy_big = time.perf_counter() - t2
+        workers = pool.workers
         del big
     print(f"outliers: {idx.tolist()}")
-    print(f"pool start: {(t1 - t0) * 1e3:.1f} ms with {pool.workers} workers")
-    print(f"first call: {(t2 - t1) * 1e6:.0f} us; then {(t3 - t2) / calls * 1e6:.1f} us per call "
-          f"(1,000 floats, mean of {calls})")
-    print(f"10^7 floats in shared memory: {(t5 - t4) * 1e3:.1f} ms, {n_big} outliers")
-    t6 = time.perf_counter()
-    reference(x)
-    print(f"in-process numpy, 1,000 floats: {(time.perf_counter() - t6) * 1e6:.0f} us (one cold call)")
+    print(f"pool start: {started * 1e3:.0f} ms with {workers} workers")
+    print(f"1,000 floats, warm, median per call: pool {pool_call * 1e6:.1f} us, "
+          f"in-process numpy {numpy_call * 1e6:.1f} us ({pool_call / numpy_call:.1f}x numpy)")
+    print(f"10^7 floats in shared memory: pool {big_time * 1e3:.1f} ms, in-process numpy "
+          f"{numpy_big * 1e3:.1f} ms ({numpy_big / big_time:.1f}x faster), {n_big} outliers")
     return 0 if idx.tolist() == [7, 113, 835] else 1
 
 
@@ -67,12 +81,18 @@ def _soak(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="shmpool", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = argparse.ArgumentParser(
+        prog="shmpool", description="Outlier detection on a pool of worker processes fed "
+        "through POSIX shared memory (also: python -m shmpool COMMAND).",
+        epilog="Run 'shmpool COMMAND --help' for a command's options.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                            title="commands")
 
-    d = sub.add_parser("demo", help="detect on the classic planted data and time it")
-    d.add_argument("--workers", type=int, default=None)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="find the planted outliers and time a warm pool against "
+                       "in-process numpy")
+    d.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     d.set_defaults(fn=_demo)
 
     s = sub.add_parser("serve", help="run a pool behind a Unix socket for non-Python hosts")
@@ -80,16 +100,22 @@ def main(argv=None) -> int:
                    "else /tmp/shmpool-<uid>.sock)")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     s.add_argument("--detector", action="append", default=None, metavar="NAME",
-                   help="'classic' or 'package.module:name'; repeat to serve several (the "
-                        "first is the default); default: classic")
-    s.add_argument("--threshold", type=float, default=2.0)
-    s.add_argument("--nan-policy", default="raise", choices=["raise", "omit", "propagate"])
-    s.add_argument("--timeout", type=float, default=None, help="per-call limit in seconds")
-    s.add_argument("--memory-limit", type=int, default=None,
+                   help="'classic', 'tukey' or 'package.module:name'; repeat to serve several "
+                        "(the first is the default); default: classic")
+    s.add_argument("--threshold", type=float, default=2.0,
+                   help="default k of every detector with a threshold parameter: the classic "
+                        "detector flags |x - mean| > k * std (default 2.0)")
+    s.add_argument("--nan-policy", default="raise", choices=["raise", "omit", "propagate"],
+                   help="what NaN and inf mean when a request does not say (default raise)")
+    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="per-call limit in seconds; a call over it gets TIMEOUT and its worker "
+                        "is replaced (default: none)")
+    s.add_argument("--memory-limit", type=int, default=None, metavar="BYTES",
                    help="bytes each worker may allocate (RLIMIT_DATA); beyond it a call fails")
     s.set_defaults(fn=_serve)
 
-    c = sub.add_parser("cleanup", help="unlink segments whose creating process is gone")
+    c = sub.add_parser("cleanup", help="unlink this user's segments whose owner is gone (its "
+                       "lock file says so, in any PID namespace)")
     c.set_defaults(fn=_cleanup)
 
     k = sub.add_parser("soak", help="drive pools with a steady mix of calls and check that "
@@ -99,7 +125,7 @@ def main(argv=None) -> int:
                        "--go-host also a server and the Go host), sampled for RSS, fds, "
                        "threads and /dev/shm segments; exit 0 when flat after the warm-up, "
                        "1 when a bound is exceeded, 2 on setup errors.  The method: "
-                       "`python -m pydoc shmpool.soak`.")
+                       "python -m pydoc shmpool.soak")
     k.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="run this long (default 60 s unless --calls is given)")
     k.add_argument("--calls", type=int, default=None, metavar="N",
@@ -113,10 +139,10 @@ def main(argv=None) -> int:
     k.add_argument("--min-size", type=int, default=100, help="smallest call (default 100)")
     k.add_argument("--max-size", type=int, default=1_000_000,
                    help="largest call (default 1000000)")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--seed", type=int, default=0, help="seed of the call mix (default 0)")
     k.add_argument("--go-host", default=None, metavar="PATH",
                    help="also run this program (host_adapters/go/bin/outliers) in a loop "
-                        "against a `shmpool serve` the soak starts, beside Python Client calls")
+                        "against a shmpool serve the soak starts, beside Python Client calls")
     k.add_argument("--server-workers", type=int, default=2,
                    help="workers of that server (default 2)")
     k.add_argument("--out", default="soak-out", metavar="DIR",
