@@ -31,20 +31,18 @@ class Spikes(SplitDetector):
         if not (math.isfinite(p.k) and p.k > 0):
             raise ValueError(f"k must be finite and > 0, got {p.k!r}")
 
-    def summarize(self, x, p):
+    def summarize(self, x, p):   # each chunk (x is a read-only view)
         finite = np.isfinite(x)
-        bad = len(x) - int(finite.sum())
-        kept = x if not bad else x[finite]
-        return [len(kept), float(np.dot(kept, kept)), bad]
+        kept = x[finite]
+        return [len(kept), float(np.dot(kept, kept)), len(x) - len(kept)]
 
-    def combine(self, summaries, p):
+    def combine(self, summaries, p):          # once, over all the chunks' summaries
         n, sumsq, bad = summaries.sum(axis=0)
         if bad and p.nan_policy == "raise":
             raise NonFiniteError(f"{int(bad)} NaN or inf value(s) in the data")
         if n == 0 or (bad and p.nan_policy == "propagate"):
             return None          # nothing can be flagged: the answer is empty
-        return [p.k * math.sqrt(sumsq / n)]
+        return [p.k * math.sqrt(sumsq / n)]   # the flag parameters
 
-    def flag(self, x, cut, p):
-        with np.errstate(invalid="ignore"):
-            return np.flatnonzero(np.abs(x) > cut[0])
+    def flag(self, x, cut, p):                # each chunk: indices relative to x
+        return np.flatnonzero(np.abs(x) > cut[0])

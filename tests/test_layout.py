@@ -241,3 +241,14 @@ def test_request_round_trips_values_and_params():
     back = L.unpack_request(L.pack_request(r))
     assert back.values == r.values and back.count == 2 and back.params[0] == 1.5
     assert math.isnan(back.params[1]) and len(back.params) == 2
+
+
+def test_too_small_is_described_the_same_everywhere():
+    """ResultTooSmall said "no index was written" while the region had been
+    overwritten (issue 10.20): the message, README and LAYOUT now agree."""
+    from shmpool._host import too_small_message
+    readme = (ROOT / "README.md").read_text()
+    row = [ln for ln in DOC.splitlines() if ln.startswith("| 7 | TOO_SMALL |")][0]
+    for text in (too_small_message(9, 8), readme.split("ResultTooSmall", 1)[1][:300], row):
+        assert "count" in text and "unspecified" in text, text
+    assert "no index was written" not in readme + DOC

@@ -401,3 +401,24 @@ def test_cleanup_command_reaps_only_orphans():
         assert not os.path.exists(f"/dev/shm/{orphan}")
         assert os.path.exists(f"/dev/shm/{live.name}")
 
+
+
+def test_thousands_of_dropped_buffers_cost_no_call():
+    """Each dropped empty() buffer queued a message for every worker, drained
+    only when that worker was next used; 3,000 of them overflowed a socket
+    and killed a healthy worker (issue 10.3).  Workers now follow segments
+    by themselves: nothing is queued."""
+    with Pool(workers=2) as p:
+        pids = p.worker_pids()
+        x = planted(0, n=100, at=(5, 50, 95))
+        for _ in range(3000):
+            b = p.empty(100)
+            b[:] = x
+            assert p.detect(b).tolist() == [5, 50, 95]       # small calls: one worker
+            del b
+        big = np.random.default_rng(2).standard_normal(600_000)
+        assert len(p.detect(big)) > 0                         # a split call uses both
+        assert p.worker_pids() == pids                        # no worker was killed
+        for pid in pids:
+            with open(f"/proc/{pid}/maps") as f:
+                assert f.read().count("/dev/shm/shmpool-") <= 2 * 64
