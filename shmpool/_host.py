@@ -98,7 +98,8 @@ class Lane:
         self.worker, self.pid = index, 0
         self.buf = bytearray(L.MAX_REPLY)
         self.rid = 0
-        self.template: bytearray | None = None
+        self.template: bytearray | None = None   # a DETECT request for template_key's segments
+        self.template_key: tuple[str, str] = ("", "")
 
     # -- requests -------------------------------------------------------------
 
@@ -111,9 +112,11 @@ class Lane:
     def detect_packet(self, count: int, detector: int, policy: int, params) -> bytearray:
         """DETECT over this lane's own input into its own result segment (the hot path)."""
         t = self.template
-        if t is None:
+        key = (self.data.name, self.result.name)
+        if t is None or self.template_key != key:
             t = self.template = bytearray(L.pack_request(L.Request(
                 L.Op.DETECT, 0, data_name=self.data.name, out_name=self.result.name)))
+            self.template_key = key
         self.rid += 1
         _IDS.pack_into(t, 8, self.rid, 0, count, 0, detector, policy)
         _PARAMS.pack_into(t, 52, len(params), *params, *_NAN8[len(params):])
@@ -227,7 +230,10 @@ def raise_for(lane: Lane, n: int, capacity: int = 0) -> NoReturn:
 class Token:
     """One call's claim on its lanes: lives exactly as long as the call's frame."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("__weakref__", "staged")
+
+    def __init__(self):
+        self.staged = False          # it holds a staging segment of the pool's
 
 
 class Lanes:
@@ -260,6 +266,14 @@ class Lanes:
     def take(self, token: Token, want: int, deadline: float | None,
              closed_error: Callable[[], Exception]) -> list[Lane]:
         ref = weakref.ref(token)
+        if want == 1:                                # the common case, in one pass
+            with self.mutex:
+                if not self.closed:
+                    for lane in self.all:
+                        h = lane.holder
+                        if h is None or h() is None:
+                            lane.holder = ref
+                            return [lane]
         while True:
             with self.mutex:
                 if self.closed:
@@ -284,6 +298,18 @@ class Lanes:
             try:
                 w.release()
             except RuntimeError:                     # it woke by itself already
+                pass
+
+    def give_back(self, lanes: list[Lane]) -> None:
+        """Release the lanes of a call that ended well (nothing pending)."""
+        with self.mutex:
+            for lane in lanes:
+                lane.holder = None
+            waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            try:
+                w.release()
+            except RuntimeError:
                 pass
 
     def release(self, token: Token) -> None:
@@ -324,15 +350,19 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
     error.  With *x* (contiguous float64, n values), x is first copied into
     the lane's own input segment, which *data_name* then names."""
     own = out is lane.result and data_name == lane.data.name and start == 0
-    if own and native is not None:
-        if lane.template is None:
+    copy = x is not None                      # into the lane's own input, which data_name names
+    if native is not None:
+        key = (data_name, out.name)
+        if lane.template is None or lane.template_key != key:
             lane.template = bytearray(L.pack_request(L.Request(
-                L.Op.DETECT, 0, data_name=lane.data.name, out_name=lane.result.name)))
+                L.Op.DETECT, 0, data_name=data_name, out_name=out.name)))
+            lane.template_key = key
         lane.rid += 1
         lane.pending += 1
         try:
-            got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid, n,
-                               row, policy, params, lane.data._mmap, x)
+            got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid,
+                               start, n, row, policy, params, lane.data._mmap if copy else None,
+                               x)
         except OSError as e:
             sent = not _not_sent(e)
             if not sent:

@@ -94,6 +94,8 @@ class Pool(CallForms):
     _finalizer = None
     _workers: Workers = None  # type: ignore[assignment]   # None only while half-built
     _owner_pid = 0
+    _forked = False              # set in a forked child (os.register_at_fork)
+    _policy = 0
 
     def __init__(self, workers: int | None = None, *, detector: str | list[str] = detectors.CLASSIC,
                  threshold: float = 2.0, nan_policy: str = "raise",
@@ -107,6 +109,7 @@ class Pool(CallForms):
         self.detector = self.specs[0]
         self.threshold = check_threshold(threshold)
         self.nan_policy = check_policy(nan_policy)
+        self._policy = L.POLICY_CODES[self.nan_policy]
         self.workers = workers
         self.timeout = check_timeout(timeout)
         self.startup_timeout = startup_timeout
@@ -155,28 +158,38 @@ class Pool(CallForms):
         them: its count is then 0 and its contents unspecified).
         """
         x = as_real_1d(x)
-        row = self._row(detector)
-        values = self._params(row, threshold, params)
-        policy = L.POLICY_CODES[self.nan_policy if nan_policy is None else check_policy(nan_policy)]
+        row = 0 if detector is None else self._row(detector)
+        values = () if threshold is None and params is None else self._params(row, threshold, params)
+        policy = self._policy if nan_policy is None else L.POLICY_CODES[check_policy(nan_policy)]
         if out is not None and not isinstance(out, ReturnSegment):
             raise TypeError(f"out must be a ReturnSegment, not {type(out).__name__}")
-        deadline = deadline_of(self.timeout if timeout is None else check_timeout(timeout))
-        self._check_usable()
+        if timeout is None and self.timeout is None:
+            deadline = None
+        else:
+            deadline = deadline_of(self.timeout if timeout is None else check_timeout(timeout))
+        if self._forked or self._closed:
+            self._check_usable()
         n = len(x)
         if n == 0:
             if out is not None:
                 out._seg.set_result(0, L.Status.OK, 0)
                 return out.indices
             return np.empty(0, dtype=np.int64)
-        k = L.split_count(n, self.workers) if self._rows[row].split else 1
+        k = 1 if n < L.SPLIT_MIN or not self._rows[row].split else L.split_count(n, self.workers)
         token = Token()
         try:
             lanes = self._take(token, k, deadline)
             if k == 1:
-                return self._whole(token, lanes[0], x, out, row, policy, values, deadline)
-            return self._split(token, lanes, x, out, row, policy, values, deadline)
-        finally:
+                answer = self._whole(token, lanes[0], x, out, row, policy, values, deadline)
+            else:
+                answer = self._split(token, lanes, x, out, row, policy, values, deadline)
+        except BaseException:
             self._settle(token)
+            raise
+        self._lanes.give_back(lanes)      # (an interrupt here: they come back with the token)
+        if token.staged:
+            self._settle(token)
+        return answer
 
     def empty(self, n: int) -> np.ndarray:
         """A float64 array of length *n* living in shared memory.
@@ -287,13 +300,14 @@ class Pool(CallForms):
     def _take(self, token: Token, want: int, deadline: float | None) -> list[Lane]:
         lanes = self._lanes.take(token, want, deadline, self._closed_error)
         for lane in lanes:
-            if lane.pending:                     # an interrupted call left a reply coming
-                self._retire(lane)
-            if lane.sock.fileno() < 0:           # retired: a new worker for it
-                self._restart(lane)
-            elif want > 1 and not lane.alive():  # died while idle (a whole call retries instead)
-                self._retire(lane)
-                self._restart(lane)
+            if lane.pending or lane.fd < 0 or want > 1:
+                if lane.pending:                 # an interrupted call left a reply coming
+                    self._retire(lane)
+                if lane.fd < 0:                  # retired: a new worker for it
+                    self._restart(lane)
+                elif want > 1 and not lane.alive():   # died while idle (whole calls retry instead)
+                    self._retire(lane)
+                    self._restart(lane)
         return lanes
 
     def _restart(self, lane: Lane) -> None:
@@ -307,9 +321,10 @@ class Pool(CallForms):
 
     def _retire(self, lane: Lane) -> str:
         """Kill the lane's worker (its state is unknown); how it ended."""
-        if lane.sock.fileno() < 0:
+        if lane.fd < 0:
             return "stopped"
         lane.sock.close()
+        lane.fd = -1
         how = self._workers.stop(lane.index, kill=True) if self._workers is not None else "stopped"
         lane.pending = 0
         return how
@@ -333,7 +348,7 @@ class Pool(CallForms):
         return PoolClosed("the pool is closed")
 
     def _check_usable(self) -> None:
-        if os.getpid() != self._owner_pid:
+        if self._forked or os.getpid() != self._owner_pid:
             raise BrokenPool(f"this Pool belongs to process {self._owner_pid}; a forked child "
                              "cannot use its parent's workers: create a Pool in the child")
         if self._closed:
@@ -476,6 +491,7 @@ class Pool(CallForms):
     def _take_staging(self, token: Token, n: int) -> Segment:
         """A large input segment for one call, held (like lanes) while its token lives."""
         ref = weakref.ref(token)
+        token.staged = True
         with self._lock:
             best = None
             for st in self._staging:
@@ -520,6 +536,7 @@ def _forked_child() -> None:
     of their sockets so the parent's workers still see end-of-file when the
     parent goes; never signal, close or unlink anything of theirs."""
     for pool in list(_POOLS):
+        pool._forked = True
         for lane in pool._lanes.all:
             try:
                 lane.sock.close()

@@ -186,7 +186,7 @@ def test_an_interrupt_at_any_point_never_leaks_a_worker():
                 if finished:
                     break
             points[name] = k
-        assert min(points.values()) > 40, points
+        assert min(points.values()) > 20, points      # every point of each path was tried
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 5
 

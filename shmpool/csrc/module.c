@@ -550,21 +550,23 @@ static PyObject *py_exchange(PyObject *self, PyObject *args)
 static PyObject *py_whole(PyObject *self, PyObject *args)
 {
     int fd, timeout_ms;
-    unsigned long long rid, count;
+    unsigned long long rid, start, count;
     unsigned int detector, policy;
-    PyObject *params, *xo;
-    Py_buffer pkt, rep, data, x = {0};
-    if (!PyArg_ParseTuple(args, "iw*w*iKKIIOw*O", &fd, &pkt, &rep, &timeout_ms, &rid, &count,
-                          &detector, &policy, &params, &data, &xo))
+    PyObject *params, *xo, *datao;
+    Py_buffer pkt, rep, data = {0}, x = {0};
+    if (!PyArg_ParseTuple(args, "iw*w*iKKKIIOOO", &fd, &pkt, &rep, &timeout_ms, &rid, &start,
+                          &count, &detector, &policy, &params, &datao, &xo))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t np = PyTuple_Check(params) ? PyTuple_Size(params) : -1;
     if (pkt.len < P_REQUEST_HEAD_SIZE || rep.len < P_REPLY_HEAD_SIZE || np < 0 ||
-        np > P_MAX_PARAMS || data.len < P_HEADER_SIZE) {
+        np > P_MAX_PARAMS || (xo != Py_None && datao == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "whole(): bad packet, reply, params or data buffer");
         goto done;
     }
     if (xo != Py_None) {
+        if (PyObject_GetBuffer(datao, &data, PyBUF_WRITABLE) < 0)
+            goto done;
         if (float64_buffer(xo, &x, 0) < 0)
             goto done;
         if ((size_t)x.len != 8 * count || (size_t)data.len < P_HEADER_SIZE + (size_t)x.len) {
@@ -576,6 +578,7 @@ static PyObject *py_whole(PyObject *self, PyObject *args)
     }
     unsigned char *q = pkt.buf;
     wr64(q + P_OFF_Q_REQUEST_ID, rid);
+    wr64(q + P_OFF_Q_START, start);
     wr64(q + P_OFF_Q_COUNT, count);
     wr32(q + P_OFF_Q_DETECTOR, detector);
     wr32(q + P_OFF_Q_NAN_POLICY, policy);
@@ -608,9 +611,10 @@ static PyObject *py_whole(PyObject *self, PyObject *args)
 done:
     if (x.obj != NULL)
         PyBuffer_Release(&x);
+    if (data.obj != NULL)
+        PyBuffer_Release(&data);
     PyBuffer_Release(&pkt);
     PyBuffer_Release(&rep);
-    PyBuffer_Release(&data);
     return result;
 }
 
@@ -641,7 +645,8 @@ static PyMethodDef methods[] = {
     {"exchange", py_exchange, METH_VARARGS,
      "exchange(fd, packet, buffer, timeout_ms) -> send, then recv_into"},
     {"whole", py_whole, METH_VARARGS,
-     "whole(fd, packet, reply, timeout_ms, rid, count, detector, policy, params, data, x) -> "
+     "whole(fd, packet, reply, timeout_ms, rid, start, count, detector, policy, params, data, x)"
+     " -> "
      "(length, status, count, needed) | None: the small call's copy, send and receive"},
     {"layout_constants", py_layout_constants, METH_NOARGS, "the layout numbers compiled in"},
     {NULL, NULL, 0, NULL},

@@ -175,8 +175,14 @@ def _normalize(r: dict) -> dict:
     out = {k: (r.get(k) if k == "role" else _num(r.get(k))) for k in SAMPLE_FIELDS}
     # fds other than segments: rows without shm_fds (older CSVs) count one fd
     # per mapping, as Python's mmap keeps
+    if r.get("held_bytes") in ("", None):         # CSVs of before: the staging caches only
+        out["held_bytes"] = _num(r.get("staging_bytes"))
     shm = r.get("shm_fds")
-    out["fds_other"] = out["fds"] - (out["mappings"] if shm in ("", None) else out["shm_fds"])
+    out["fds_other"] = (out["fds"] - out["held_sockets"]
+                        - (out["mappings"] if shm in ("", None) else out["shm_fds"]))
+    out["segments_other"] = out["segments"] - out["held_segments"]
+    out["segment_bytes_other"] = out["segment_bytes"] - out["held_bytes"]
+    out["mappings_other"] = out["mappings"] - out["held_segments"]
     return out
 
 
@@ -248,13 +254,13 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
             why="includes shared-memory pages: reported only")
         add("fds_other", "window", [r["fds_other"] for r in rs], bounds.fds)
         add("threads", "window", [r["threads"] for r in rs], bounds.threads)
-        add("segments", "window", [r["segments"] for r in rs], bounds.segments)
-        add("segment_bytes_fixed", "window", [r["segment_bytes"] - r["staging_bytes"] for r in rs],
+        add("segments_other", "window", [r["segments_other"] for r in rs], bounds.segments)
+        add("segment_bytes_other", "window", [r["segment_bytes_other"] for r in rs],
             bounds.segment_bytes)
         if worker:
             add("mappings", "cap", [r["mappings"] for r in rs], cap + bounds.mappings)
         else:
-            add("mappings", "window", [r["mappings"] for r in rs], bounds.mappings)
+            add("mappings_other", "window", [r["mappings_other"] for r in rs], bounds.mappings)
         if role.endswith("/w0"):          # the witness, never killed by the soak
             checks.append(Check(role, "restarts", "cap", epochs - 1, 0, None, len(rs), epochs,
                                 why="worker 0 is never killed: a restart is a crash"))

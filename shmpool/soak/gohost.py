@@ -5,9 +5,11 @@ The loop (``go_driver``) runs in a helper process of its own, so that the
 host's memory is shmpool's and not this loop's; ``GoDriver`` is the soak's
 end of it: ``pause`` parks the loop between two runs (for a sample) and
 returns its counts, ``resume`` and ``stop`` do what they say.  A run passes
-when it prints GO_ANSWER, counts as a worker death when the Go client says
-WORKER_DIED (the soak kills server workers too), and is a failure otherwise
-or when it leaves a segment in /dev/shm."""
+when it prints GO_ANSWER; it counts as a worker death when the Go client
+says WORKER_DIED, and as lost at hand-off when the connection closed before
+INFO (the worker it was handed to was killed first: the soak kills server
+workers too); any other outcome, or a segment left in /dev/shm, is a
+failure."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 from .sampling import segments_of
 
 GO_ANSWER = "[7 113 835]"
+LOST_AT_HANDOFF = "before answering INFO"
 
 
 def run_go(exe: str, socket_path: str) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -38,9 +41,9 @@ def run_go(exe: str, socket_path: str) -> tuple[subprocess.CompletedProcess, lis
 def go_driver(exe: str, socket_path: str) -> None:
     """The Go loop: runs *exe* over and over; on "p" from stdin it finishes
     the run in progress and answers with its counts ("runs ok worker_died
-    bad last-problem"), on "r" it resumes, on "q" or end-of-file it exits."""
+    lost bad last-problem"), on "r" it resumes, on "q" or end-of-file it exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the host's; it sends "q"
-    runs = ok = died = bad = 0
+    runs = ok = died = lost = bad = 0
     last = ""
     paused = False
     pending = b""
@@ -57,7 +60,7 @@ def go_driver(exe: str, socket_path: str) -> None:
                 return
             paused = cmd == b"p"
             if paused:
-                sys.stdout.write(f"{runs} {ok} {died} {bad} {json.dumps(last)}\n")
+                sys.stdout.write(f"{runs} {ok} {died} {lost} {bad} {json.dumps(last)}\n")
                 sys.stdout.flush()
         if paused:
             continue
@@ -67,6 +70,8 @@ def go_driver(exe: str, socket_path: str) -> None:
             ok += 1
         elif "WORKER_DIED" in out.stderr:
             died += 1
+        elif out.returncode == 1 and LOST_AT_HANDOFF in out.stderr:
+            lost += 1
         else:
             bad += 1
             last = (f"exit status {out.returncode}, stdout {out.stdout.strip()!r}, "
@@ -94,15 +99,15 @@ class GoDriver:
             return False
 
     def pause(self, timeout: float = 120.0):
-        """(runs, ok, worker_died, bad, last problem), or None."""
+        """(runs, ok, worker_died, lost_at_handoff, bad, last problem), or None."""
         if not self._send("p"):
             return None
         readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if readable else ""
         if not line:
             return None
-        runs, ok, died, bad, last = line.split(" ", 4)
-        return int(runs), int(ok), int(died), int(bad), json.loads(last)
+        runs, ok, died, lost, bad, last = line.split(" ", 5)
+        return int(runs), int(ok), int(died), int(lost), int(bad), json.loads(last)
 
     def resume(self) -> None:
         self._send("r")

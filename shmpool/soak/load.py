@@ -10,12 +10,20 @@ that a sample sees a quiet system, ``resume`` lets them go on.
 Every ``--error-every``-th call fails on purpose (negative data to the
 troublemaker -> DetectorError; NaN data -> NonFiniteError) and every
 ``--kill-every``-th call SIGKILLs a random worker other than a witness.
+A worker of the main pool is killed only while no call is split over that
+pool's workers (``SplitGate``): the pool retires the other workers of a
+split call whose replies were still pending when one died, and the witness
+would go with them (the faults suite covers kills mid-split).  A server
+worker killed while the server hands it a new connection closes that
+connection before INFO: the Go program and the Client report it as a
+connection failure, which the soak counts as ``*_lost_at_handoff``.
 Anything else that goes wrong is an unexpected failure: counted in
 ``stats["unexpected"]`` and described in ``failures`` (the first 20).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import math
@@ -32,6 +40,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..layout import SPLIT_MIN
 from .allocator import MMAP_ENV, can_die_with_parent, die_with_parent, fix_mmap_threshold
 from .config import Config, SetupError
 from .gohost import GO_ANSWER, GoDriver, run_go
@@ -53,6 +62,55 @@ class _NoError(Exception):
     """A call that had to fail did not."""
 
 
+class SplitGate:
+    """Calls that may be split over a pool's workers pass through ``inside()``;
+    ``closed()`` waits until none is in flight and keeps new ones out."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def inside(self):
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def closed(self, timeout: float):
+        """Yields whether every split call is out (False after *timeout*)."""
+        with self._cond:
+            self._closed = True
+            ok = self._cond.wait_for(lambda: self._inside == 0, timeout)
+        try:
+            yield ok
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Until *pid* has exited (its descriptors closed: a zombie or gone)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b") ", 1)[1][:1] in (b"Z", b"X"):
+                    return
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        time.sleep(0.001)
+
+
 class Load:
     """Pools, an optional server, the load threads, the Go loop and the kills."""
 
@@ -70,9 +128,10 @@ class Load:
                             "trouble": lambda: self.trouble.worker_pids()},
                            server=self.server_pid)
         self._env_before: str | None = None
-        self._go_counts = (0, 0, 0, 0)
+        self._go_counts = (0, 0, 0, 0, 0)
         self._lock = threading.Lock()
         self._kill_lock = threading.Lock()
+        self._gate = SplitGate()                # kills of pool workers wait for split calls
         self._numbers = itertools.count(1)      # Python calls: schedule kills and errors
         self._stop = threading.Event()
         self._pause = threading.Condition()
@@ -82,6 +141,7 @@ class Load:
         self._threads: list[threading.Thread] = []
         self._tmpdir: str | None = None
         self._server_log = None
+        self._clients: list = []                # the load threads' Clients
 
     # -- setup / teardown -------------------------------------------------------------
 
@@ -153,14 +213,41 @@ class Load:
         p = self.server_proc
         return p.pid if p is not None and p.poll() is None else None
 
-    def staging_bytes(self) -> int:
-        """Bytes of the pools' staging segments (large inputs, kept for reuse:
-        up to STAGING_KEPT of varying size, legitimately)."""
-        total = 0
+    def held(self) -> dict[int, dict[str, int]]:
+        """pid -> the segments (and their bytes) and sockets that vary in number
+        and size by design, counted from the objects that hold them.  The
+        host's: the pools' staging segments (large inputs, up to STAGING_KEPT
+        kept for reuse, of the sizes recent calls needed) and the lanes of the
+        pools and of the load threads' Clients (a connection each, an input
+        segment and a result segment grown to the largest answer since its
+        worker started; a Client dials lanes as calls need them and drops
+        those whose worker died).  A server worker's: the connections of
+        those Client lanes that it serves.  Everything else must stay put."""
+        segments = nbytes = sockets = 0
+        served: Counter = Counter()
+
+        def count(seg) -> None:
+            nonlocal segments, nbytes
+            if seg is not None and not getattr(seg, "closed", False):
+                segments += 1
+                nbytes += getattr(seg, "size", 0)
+
         for pool in (self.pool, self.trouble):
             for st in list(getattr(pool, "_staging", ())):
-                total += getattr(getattr(st, "segment", st), "size", 0)
-        return total
+                count(getattr(st, "segment", st))
+        for owner in (self.pool, self.trouble, *self._clients):
+            for lane in list(getattr(getattr(owner, "_lanes", None), "all", ())):
+                count(getattr(lane, "data", None))
+                count(getattr(lane, "result", None))
+                sock = getattr(lane, "sock", None)
+                if sock is not None and sock.fileno() >= 0:
+                    sockets += 1
+                    if owner not in (self.pool, self.trouble):
+                        served[getattr(lane, "pid", 0)] += 1
+        held = {pid: {"held_sockets": n} for pid, n in served.items()}
+        held[os.getpid()] = {"held_segments": segments, "held_bytes": nbytes,
+                             "held_sockets": sockets}
+        return held
 
     def teardown(self) -> None:
         """Stop everything; what did not stop cleanly goes to ``failures``."""
@@ -265,17 +352,19 @@ class Load:
         if got is None:
             self._fail("the Go loop did not pause within 120 s")
             return
-        runs, ok, died, bad, last = got
+        runs, ok, died, lost, bad, last = got
+        before = self._go_counts
         with self._lock:
-            self.done += runs - self._go_counts[0]
-            self.stats["go_ok"] += ok - self._go_counts[1]
-            self.stats["go_worker_died"] += died - self._go_counts[2]
-            new_bad = bad - self._go_counts[3]
+            self.done += runs - before[0]
+            self.stats["go_ok"] += ok - before[1]
+            self.stats["go_worker_died"] += died - before[2]
+            self.stats["go_lost_at_handoff"] += lost - before[3]
+            new_bad = bad - before[4]
             if new_bad:
                 self.stats["unexpected"] += new_bad
                 if len(self.failures) < 20:
                     self.failures.append(f"go host ({new_bad} run(s)): {last}")
-            self._go_counts = (runs, ok, died, bad)
+            self._go_counts = (runs, ok, died, lost, bad)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -290,16 +379,26 @@ class Load:
                 self.failures.append(what)
 
     def _kill(self, r: random.Random) -> None:
-        """SIGKILL a random worker, never a group's witness (role w0)."""
+        """SIGKILL a random worker, never a group's witness (role w0); one of the
+        main pool's only while no call is split over its workers, and the
+        next such call waits until it is dead."""
         with self._kill_lock:
             pids = self.watch.killable()
             if not pids:
                 return
-            try:
-                os.kill(r.choice(pids), signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            self._count("kills")
+            victim = r.choice(pids)
+            gate = (self._gate.closed(5.0) if victim in self.pool.worker_pids()
+                    else contextlib.nullcontext(True))
+            with gate as clear:
+                if not clear:
+                    self._count("kills_skipped")
+                    return
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    return
+                self._count("kills")
+                _wait_gone(victim, 2.0)
 
     def _size(self, r: random.Random) -> int:
         n = int(math.exp(r.uniform(math.log(self.cfg.min_size), math.log(self.cfg.max_size))))
@@ -307,6 +406,13 @@ class Load:
 
     def _call(self, op: str, n: int, r: random.Random, ret, client):
         """Make one call; returns (input, answer) or raises."""
+        if n >= SPLIT_MIN and op not in ("trouble", "trouble_negative") \
+                and not op.startswith("client"):
+            with self._gate.inside():
+                return self._call_now(op, n, r, ret, client)
+        return self._call_now(op, n, r, ret, client)
+
+    def _call_now(self, op: str, n: int, r: random.Random, ret, client):
         from ..client import Client
         from ..errors import ResultTooSmall
 
@@ -359,7 +465,7 @@ class Load:
     def _load(self, idx: int) -> None:
         from .. import ReturnSegment, reference
         from ..client import Client
-        from ..errors import DetectorError, NonFiniteError, WorkerDied
+        from ..errors import DetectorError, NonFiniteError, ServerUnavailable, WorkerDied
 
         cfg = self.cfg
         r = random.Random(cfg.seed * 1000 + idx)
@@ -367,6 +473,9 @@ class Load:
         try:
             ret = ReturnSegment(1 << 16)
             client = Client(self.socket_path) if self.socket_path else None
+            if client is not None:
+                with self._lock:
+                    self._clients.append(client)
             names, weights = zip(*(MIX + (CLIENT_MIX if client is not None else [])))
             errors = ["trouble_negative", "nan"] + (["client_nan"] if client else [])
             # Prime: every kind of call once at the largest size, so that the
@@ -394,6 +503,11 @@ class Load:
                     x, got = self._call(op, n, r, ret, client)
                 except WorkerDied:
                     self._count("worker_died")
+                except ServerUnavailable as e:
+                    if op.startswith("client") and "did not answer INFO" in str(e):
+                        self._count("client_lost_at_handoff")
+                    else:
+                        self._fail(f"{op} n={n}: ServerUnavailable: {e}")
                 except NonFiniteError as e:
                     if op in ("nan", "client_nan"):
                         self._count("errors_raised")
@@ -423,5 +537,7 @@ class Load:
                 ret.close()
                 ret.unlink()
             if client is not None:
+                with self._lock:
+                    self._clients.remove(client)
                 client.close()
             self._thread_done()

@@ -31,7 +31,8 @@ WORKER = "shmpool-worker"
 
 SAMPLE_FIELDS = ["t", "calls", "role", "pid", "rss", "rss_anon", "rss_file", "rss_shmem",
                  "fds", "shm_fds", "threads", "mappings", "segments", "segment_bytes",
-                 "staging_bytes"]
+                 "held_segments", "held_bytes", "held_sockets"]
+HELD = ("held_segments", "held_bytes", "held_sockets")
 
 _STATUS_KEYS = {b"VmRSS:": "rss", b"RssAnon:": "rss_anon", b"RssFile:": "rss_file",
                 b"RssShmem:": "rss_shmem", b"Threads:": "threads"}
@@ -236,10 +237,13 @@ class Watch:
                 if pid != self.roles[name].witness()]
 
 
-def take_sample(watch: Watch, calls: int, t: float, staging_bytes: int) -> list[dict]:
+def take_sample(watch: Watch, calls: int, t: float,
+                held: dict[int, dict] | None = None) -> list[dict]:
     """One row per watched process (call it with the load parked).  The host
     first collects its garbage and trims its heap, so that what is left is
-    memory in use."""
+    memory in use.  *held*: pid -> the segments, their bytes and the sockets
+    that are held by design (Load.held: the host's lanes and staging caches,
+    a server worker's Client connections), recorded in that pid's row."""
     gc.collect()
     trim_heap()
     usage = shm_usage()
@@ -250,6 +254,8 @@ def take_sample(watch: Watch, calls: int, t: float, staging_bytes: int) -> list[
             continue
         segs, nbytes = usage.get(pid, (0, 0))
         row.update(t=round(t, 3), calls=calls, role=role, pid=pid, segments=segs,
-                   segment_bytes=nbytes, staging_bytes=staging_bytes if role == "host" else 0)
+                   segment_bytes=nbytes)
+        mine = (held or {}).get(pid, {})
+        row.update({k: mine.get(k, 0) for k in HELD})
         rows.append(row)
     return rows
