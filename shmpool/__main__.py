@@ -12,7 +12,7 @@ def _per_call(fn, seconds: float = 0.5) -> float:
     import statistics
     for _ in range(50):
         fn()
-    batches = []
+    batches: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(batches) < 5:
         t0 = time.perf_counter()
