@@ -422,3 +422,21 @@ def test_thousands_of_dropped_buffers_cost_no_call():
         for pid in pids:
             with open(f"/proc/{pid}/maps") as f:
                 assert f.read().count("/dev/shm/shmpool-") <= 2 * 64
+
+
+def test_without_an_interpreter_to_run_the_error_says_what_to_do():
+    r = run_script("""
+        import sys
+        from shmpool import BrokenPool, Pool
+        sys.executable = ""                      # as in some embedding applications
+        try:
+            Pool(workers=1)
+        except BrokenPool as e:
+            print("BrokenPool:", e)
+        with Pool(workers=1, start_method="fork") as p:
+            print(p.detect([0.0] * 30 + [9.0]).tolist())
+    """)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.splitlines()
+    assert "sys.executable" in first and "start_method='fork'" in first
+    assert second == "[30]"

@@ -250,6 +250,12 @@ class Launcher:
         """Start a worker serving control socket *ctrl* (the worker's end)."""
         config = dict(config, sys_path=[p for p in sys.path if isinstance(p, str)],
                       cwd=os.getcwd())
+        if self.method != "fork" and not (sys.executable and os.access(sys.executable, os.X_OK)):
+            raise BrokenPool(
+                f"cannot start workers: sys.executable is {sys.executable!r}, not a Python "
+                "interpreter shmpool can run (an application embedding Python?); set "
+                "sys.executable to a python3 that has shmpool installed, or pass "
+                "start_method='fork'")
         if self.method == "forkserver":
             for attempt in (0, 1):
                 self._zygote = zygote()
