@@ -144,6 +144,10 @@ class Lane:
                 n = _recv_into(self.sock, self.buf, ms)
         except OSError as e:
             raise LaneBroken(f"worker {self.worker}: {e.strerror or e}", True, self) from None
+        return self.arrived(n)
+
+    def arrived(self, n: int | None) -> int:
+        """A receive's outcome: its length, or LaneTimeout (None) or LaneBroken (0)."""
         if n is None:
             raise LaneTimeout(self)
         if n == 0:
@@ -160,16 +164,15 @@ class Lane:
         try:
             n = native.exchange(self.fd, packet, self.buf, timeout_ms(deadline))
         except OSError as e:
-            sent = not _not_sent(e)
-            if not sent:
-                self.pending -= 1
-            raise LaneBroken(f"worker {self.worker}: {e.strerror or e}", sent, self) from None
-        if n is None:
-            raise LaneTimeout(self)
-        if n == 0:
-            raise LaneBroken(f"worker {self.worker} closed the connection", True, self)
-        self.pending -= 1
-        return n
+            raise self.failed(e) from None
+        return self.arrived(n)
+
+    def failed(self, e: OSError) -> LaneBroken:
+        """The error for an exchange the OS refused; a send that failed ran nothing."""
+        sent = not _not_sent(e)
+        if not sent:
+            self.pending -= 1
+        return LaneBroken(f"worker {self.worker}: {e.strerror or e}", sent, self)
 
     def alive(self) -> bool:
         """False when the worker's end is closed (it died while idle)."""
@@ -364,16 +367,11 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
                                start, n, row, policy, params, lane.data._mmap if copy else None,
                                x)
         except OSError as e:
-            sent = not _not_sent(e)
-            if not sent:
-                lane.pending -= 1
-            raise LaneBroken(f"worker {lane.worker}: {e.strerror or e}", sent, lane) from None
+            raise lane.failed(e) from None
         if got is None:
             raise LaneTimeout(lane)
         length, status, count, needed = got
-        if length == 0:
-            raise LaneBroken(f"worker {lane.worker} closed the connection", True, lane)
-        lane.pending -= 1
+        lane.arrived(length)
         if status < 0:
             lane.head(length)                 # raises ProtocolError with the details
     else:
