@@ -2213,6 +2213,26 @@ static int take_flag(shmpool_client *c, unsigned i, int st, shmpool_reply *rep, 
 }
 
 /* A split call (section 5) over k chunks on lanes 0 .. k-1. */
+
+/* Send chunk i's request *req (op, names, params already set): its range
+ * and base from the split bounds b, a new request id.  0, or nonzero after
+ * recording why (the caller then gathers what was sent). */
+static int send_chunk(shmpool_client *c, unsigned i, shmpool_request *req, const uint64_t *b,
+                      uint64_t start, const char *what)
+{
+    long n;
+    req->start = start + b[i];
+    req->count = b[i + 1] - b[i];
+    req->base = b[i];
+    req->request_id = c->next_id++;
+    n = shmpool_request_encode(req, c->sbuf, sizeof c->sbuf);
+    if (n < 0) {
+        fail(c, (int)n, "cannot encode %s", what);
+        return -1;
+    }
+    return lane_send(c, i, req->request_id, c->sbuf, (size_t)n, deadline_after(c->timeout_ms));
+}
+
 static int call_split(shmpool_client *c, shmpool_segment *data, uint64_t start, uint64_t count,
                       unsigned k, shmpool_segment *user, int64_t **indices, uint64_t *n_out,
                       uint64_t *needed_out)
@@ -2248,19 +2268,9 @@ static int call_split(shmpool_client *c, shmpool_segment *data, uint64_t start, 
     /* Phase 1 (5.3): every SUMMARIZE is sent before any reply is read, so
      * that the workers run in parallel. */
     for (i = 0; i < k; i++) {
-        long n;
         call_request(c, &req, SHMPOOL_OP_SUMMARIZE, data);
-        req.start = start + sc.b[i];
-        req.count = sc.b[i + 1] - sc.b[i];
-        req.base = sc.b[i];
-        req.request_id = c->next_id++;
-        n = shmpool_request_encode(&req, c->sbuf, sizeof c->sbuf);
-        if (n < 0 || lane_send(c, i, req.request_id, c->sbuf, (size_t)n,
-                               deadline_after(c->timeout_ms)) != 0) {
-            if (n < 0)
-                fail(c, (int)n, "cannot encode SUMMARIZE");
+        if (send_chunk(c, i, &req, sc.b, start, "SUMMARIZE") != 0)
             break;
-        }
     }
     st = gather(c, k, take_summary, &sc);
     if (st != 0)
@@ -2302,26 +2312,16 @@ static int call_split(shmpool_client *c, shmpool_segment *data, uint64_t start, 
     for (round = 0;; round++) {
         int left = 0;
         for (i = 0; i < k; i++) {
-            long n;
             if (!sc.todo[i])
                 continue;
             if (ensure_result(c, i, sc.b[i + 1] - sc.b[i]) != 0)
                 break;
             call_request(c, &req, SHMPOOL_OP_FLAG, data);
-            req.start = start + sc.b[i];
-            req.count = sc.b[i + 1] - sc.b[i];
-            req.base = sc.b[i];
             req.nparams = nflag;
             memcpy(req.params, flagp, nflag * sizeof(double));
             memcpy(req.out_name, c->lanes[i].result->name, sizeof req.out_name - 1);
-            req.request_id = c->next_id++;
-            n = shmpool_request_encode(&req, c->sbuf, sizeof c->sbuf);
-            if (n < 0 || lane_send(c, i, req.request_id, c->sbuf, (size_t)n,
-                                   deadline_after(c->timeout_ms)) != 0) {
-                if (n < 0)
-                    fail(c, (int)n, "cannot encode FLAG");
+            if (send_chunk(c, i, &req, sc.b, start, "FLAG") != 0)
                 break;
-            }
         }
         st = gather(c, k, take_flag, &sc);
         if (st != 0)
