@@ -2568,6 +2568,27 @@ static void test_fake_refusals(void)
     end("fake: BUSY when dialing an extra lane fails the whole split call; lanes=1 runs whole");
 }
 
+
+/* calls x the demo data through client c, each checked; sleep_between ms apart */
+static void demo_calls(shmpool_client *c, int calls, int sleep_between)
+{
+    static double x[1000];
+    static const int64_t want[] = {7, 113, 835};
+    int64_t *idx = NULL;
+    size_t n = 0;
+    int k, err;
+    seed_data(x);
+    for (k = 0; c && k < calls; k++) {
+        err = shmpool_detect(c, x, 1000, &idx, &n);
+        CHECK(err == 0, "call %d: %d %s", k, err, shmpool_last_error_message(c));
+        CHECK_INDICES(idx, n, want, 3, "demo");
+        shmpool_free(idx);
+        idx = NULL;
+        if (sleep_between)
+            sleep_ms(sleep_between);
+    }
+}
+
 static void test_fake_lane_failures(void)
 {
     fake f;
@@ -2575,23 +2596,13 @@ static void test_fake_lane_failures(void)
     shmpool_segment *data;
     int64_t *idx = NULL;
     size_t n = 0;
-    int err, k, before, nconn = 0;
+    int err, before, nconn = 0;
 
     /* a worker closes idle connections after every reply: each call reconnects */
     begin();
     if (fake_start(&f, FK_CLOSE_AFTER, 2) == 0) {
-        static double x[1000];
-        static const int64_t want[] = {7, 113, 835};
         c = fake_dial(&f, 10000);
-        seed_data(x);
-        for (k = 0; c && k < 5; k++) {
-            err = shmpool_detect(c, x, 1000, &idx, &n);
-            CHECK(err == 0, "call %d: %d %s", k, err, shmpool_last_error_message(c));
-            CHECK_INDICES(idx, n, want, 3, "demo");
-            shmpool_free(idx);
-            idx = NULL;
-            sleep_ms(5);
-        }
+        demo_calls(c, 5, 5);
         nconn = fake_nconn(&f);
         CHECK(nconn >= 5, "only %d connections", nconn);
         shmpool_close(c);
@@ -2603,17 +2614,8 @@ static void test_fake_lane_failures(void)
     /* EPIPE on a reused idle lane: reconnect and send again, once */
     begin();
     if (fake_start(&f, FK_SHUTRD_AFTER, 1) == 0) {
-        static double x[1000];
-        static const int64_t want[] = {7, 113, 835};
         c = fake_dial(&f, 10000);
-        seed_data(x);
-        for (k = 0; c && k < 3; k++) {
-            err = shmpool_detect(c, x, 1000, &idx, &n);
-            CHECK(err == 0, "call %d: %d %s", k, err, shmpool_last_error_message(c));
-            CHECK_INDICES(idx, n, want, 3, "demo");
-            shmpool_free(idx);
-            idx = NULL;
-        }
+        demo_calls(c, 3, 0);
         nconn = fake_nconn(&f);
         CHECK(nconn == 3, "%d connections, want 3 (one per EPIPE)", nconn);
         CHECK(fake_count(&f, SHMPOOL_OP_DETECT) == 3, "DETECT sent %d times",
