@@ -11,7 +11,7 @@ matplotlib) it still runs: a plain progress line on stderr instead of the
 bar, and no soak.png (it says so); samples.csv and the summaries are always
 written.
 
-The load (``load.py``, ``gohost.py``)
+The load (``load.py``, ``server.py``, ``gohost.py``)
     Sizes log-uniform from 10^2 to 10^6 values; copy-in (contiguous, strided,
     float32), zero-copy (slices of one long-lived ``pool.empty`` array, and
     fresh ``pool.empty`` arrays dropped after one call), answers written into
@@ -21,13 +21,19 @@ The load (``load.py``, ``gohost.py``)
     NonFiniteError) and every ``--kill-every``-th call SIGKILLs a random
     worker (whichever call was using it raises WorkerDied and the pool starts
     a new one).  Worker 0 of every pool is never killed: it is the witness
-    of a long-lived worker's memory.  With ``--go-host PATH`` the soak also
+    of a long-lived worker's memory.  (A worker of the main pool is killed
+    only while no call is split over that pool's workers: the pool retires
+    the other workers of a split call whose replies were pending when one
+    died, the witness with them.)  With ``--go-host PATH`` the soak also
     starts its own ``shmpool serve``, runs the Go program against it over
     and over (from a helper process, so that the host's memory stays
     shmpool's) and makes ``Client`` calls to it from the Python threads (a
-    connection per thread, and connections opened for one call); the soak
-    kills the server's workers too.  A sample of the answers is compared
-    with ``shmpool.reference``.
+    Client per thread, and Clients opened for one call); the soak kills the
+    server's workers too (a connection whose worker was killed while the
+    server handed it over closes before INFO, or is refused BUSY: counted as
+    lost at hand-off).
+    A sample of the answers is compared with ``shmpool.reference``; every
+    other outcome is an unexpected failure.
 
 The samples (``sampling.py``; samples.csv, one row per process per sample)
     Every ``--sample-interval`` seconds each load thread (and the Go loop)
@@ -37,9 +43,14 @@ The samples (``sampling.py``; samples.csv, one row per process per sample)
     records from /proc: RSS and its anonymous, file and shmem parts, threads,
     open fds and how many of them are shmpool segments, mapped shmpool
     segments, and the number and bytes of the ``/dev/shm`` segments the
-    process owns (names ``shmpool-<pid>-``).  Workers are tracked by role
-    (``pool/w1``), not by pid: the worker that replaces a killed one takes
-    over its role and starts a new epoch of it.
+    process owns (names ``shmpool-<pid>-``).  It also counts, from the
+    objects that hold them, what varies by design: the segments, bytes and
+    connections of the host's lanes (pools' and Clients': a Client dials
+    lanes as calls need them and drops those whose worker died; a lane's
+    result segment grows with the largest answer) and staging caches, and
+    the Client connections each server worker serves (``held_*``).
+    Workers are tracked by role (``pool/w1``), not by pid: the worker that
+    replaces a killed one takes over its role and starts a new epoch of it.
 
 The allocator (``allocator.py``)
     glibc serves a freed 8 MB numpy temporary's successor from the heap once
@@ -72,13 +83,15 @@ The verdict (``analysis.py``; ``report.py`` prints how it follows from the numbe
       worker's first calls grow its heap, which is not a leak); the
       witnesses are.
     * fds other than segments (Python's mmap keeps a dup of the fd it maps,
-      the native mapping cache does not), threads, own segments, their bytes
-      less the pools' staging caches (which legitimately hold up to 4
-      segments of varying size each), and mapped segments: the level (most
-      common value) of the last quarter of the judged samples minus that of
-      the first quarter; bound 0.  A worker keeps up to 64 mappings by
-      design (``shmpool._backend.mappings.MAX``, C: ``CACHE_MAX``), so for
-      workers the bound is that cap instead.  A witness must not restart.
+      the native mapping cache does not), threads, own segments, their
+      bytes, and mapped segments, each less what is held by design (above):
+      the level (most common value) of the last quarter of the judged
+      samples minus that of the first quarter; bounds ``--max-fd-growth``,
+      ``--max-thread-growth``, ``--max-segment-growth``,
+      ``--max-segment-bytes-growth``, ``--max-mapping-growth``: all 0.  A
+      worker keeps up to 64 mappings by design (``_backend.mappings.MAX``,
+      C: ``CACHE_MAX``), so for workers the bound on mappings is that cap
+      instead.  A witness must not restart.
 
     Exit status and verdict:
 
@@ -94,16 +107,29 @@ The verdict (``analysis.py``; ``report.py`` prints how it follows from the numbe
     * 2: the soak could not be set up; 130: interrupted (SIGINT/SIGTERM; the
       samples so far are still analysed and written).
 
-The package: ``config`` (settings), ``allocator``, ``load`` and ``gohost``
+The package: ``config`` (settings), ``allocator``, ``load``, ``server`` and ``gohost``
 (the load), ``sampling``, ``analysis`` (the verdict), ``report`` (csv, text
 and json), ``plot`` (soak.png), ``progress``, ``runner`` (``run``).
 """
 
-from .analysis import (COUNT_WINDOW, FAILED, FLAT, TOO_SHORT, Check, Report, Verdict, analyze,
-                       calls_needed, decide, default_mappings_cap, level, warmup_end,
-                       window_growth, within_slope)
-from .config import (DEFAULT_MIN_WARMUP_CALLS, DEFAULT_WARMUP, MIB, PER_CALLS, Bounds, Config,
-                     SetupError)
+from .analysis import (
+                       COUNT_WINDOW,
+                       FAILED,
+                       FLAT,
+                       TOO_SHORT,
+                       Check,
+                       Report,
+                       Verdict,
+                       analyze,
+                       calls_needed,
+                       decide,
+                       default_mappings_cap,
+                       level,
+                       warmup_end,
+                       window_growth,
+                       within_slope,
+)
+from .config import DEFAULT_MIN_WARMUP_CALLS, DEFAULT_WARMUP, MIB, PER_CALLS, Bounds, Config, SetupError
 from .gohost import GO_ANSWER, GoDriver, go_driver
 from .load import Load
 from .plot import PlotUnavailable, plot, try_plot

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -172,11 +173,12 @@ def _num(v) -> float:
 
 
 def _normalize(r: dict) -> dict:
-    out = {k: (r.get(k) if k == "role" else _num(r.get(k))) for k in SAMPLE_FIELDS}
-    # fds other than segments: rows without shm_fds (older CSVs) count one fd
-    # per mapping, as Python's mmap keeps
+    """A row as numbers, with the judged quantities: each count less what is
+    held by design (Load.held)."""
+    out: dict[str, Any] = {k: (r.get(k) if k == "role" else _num(r.get(k))) for k in SAMPLE_FIELDS}
     if r.get("held_bytes") in ("", None):         # CSVs of before: the staging caches only
         out["held_bytes"] = _num(r.get("staging_bytes"))
+    # rows without shm_fds (CSVs of before) count one fd per mapping, as Python's mmap keeps
     shm = r.get("shm_fds")
     out["fds_other"] = (out["fds"] - out["held_sockets"]
                         - (out["mappings"] if shm in ("", None) else out["shm_fds"]))
@@ -186,11 +188,37 @@ def _normalize(r: dict) -> dict:
     return out
 
 
+def _check(role: str, rs: list[dict], metric: str, method: str, bound: float, span: float = 0.0,
+           judged: bool = True, why: str = "") -> Check:
+    """One process's check of one metric over its judged samples *rs*."""
+    x = [r["calls"] for r in rs]
+    y = [r[metric] for r in rs]
+    pids = [r["pid"] for r in rs]
+    slope = within_slope(x, y, pids)
+    if method == "fit":
+        value = 0.0 if slope is None else slope * span
+        w = min(3, len(y))
+        first, last = float(np.median(y[:w])), float(np.median(y[-w:]))
+    elif method == "window":
+        value = window_growth(y)
+        w = min(max(5, math.ceil(COUNT_WINDOW * len(y))), max(1, len(y) // 2))
+        first, last = level(y[:w]), level(y[-w:])
+    else:
+        value = float(max(y))
+        first, last = float(y[0]), float(y[-1])
+    return Check(role, metric, method, value, bound,
+                 None if slope is None else slope * PER_CALLS, len(rs), len(set(pids)),
+                 first, last, judged, why, span if method == "fit" else 0.0)
+
+
 def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFAULT_WARMUP,
             min_warmup_calls: int = DEFAULT_MIN_WARMUP_CALLS,
-            mappings_cap: int | None = None, min_judged_calls: int | None = None) -> Report:
+            mappings_cap: int | None = None, min_judged_calls: int | None = None,
+            retired=frozenset()) -> Report:
     """Judge the samples: Checks per role and metric.  *rows* are dicts with
-    the SAMPLE_FIELDS (numbers may be strings, as read back from the CSV)."""
+    the SAMPLE_FIELDS (numbers may be strings, as read back from the CSV);
+    *retired*: pids of workers that their pool stopped itself (Load.retired),
+    whose replacement is no crash."""
     bounds = bounds or Bounds()
     cap = default_mappings_cap() if mappings_cap is None else mappings_cap
     needed = calls_needed(warmup, min_warmup_calls, min_judged_calls)
@@ -213,34 +241,15 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
     elif host_samples < MIN_JUDGED_SAMPLES:
         too_short = (f"{host_samples} samples of the host after the warm-up, at least "
                      f"{MIN_JUDGED_SAMPLES} needed (--sample-interval)")
-    checks, notes = [], []
+    checks: list[Check] = []
+    notes: list[str] = []
     for role in sorted(by_role):
         rs = sorted(by_role[role], key=lambda r: (r["calls"], r["t"]))
         if len(rs) < MIN_ROLE_SAMPLES:
             notes.append(f"{role}: {len(rs)} sample(s) after the warm-up, not judged")
             continue
-        x = [r["calls"] for r in rs]
         pids = [r["pid"] for r in rs]
         epochs = len(set(pids))
-        worker = "/w" in role
-
-        def add(metric, method, y, bound, epoch_ids=None, judged=True, why=""):
-            slope = within_slope(x, y, epoch_ids)
-            if method == "fit":
-                value = 0.0 if slope is None else slope * final
-            elif method == "window":
-                value = window_growth(y)
-            else:
-                value = float(max(y))
-            w = min(3, len(y))
-            first, last = float(np.median(y[:w])), float(np.median(y[-w:]))
-            if method == "window":
-                wl = min(max(5, math.ceil(COUNT_WINDOW * len(y))), max(1, len(y) // 2))
-                first, last = level(y[:wl]), level(y[-wl:])
-            checks.append(Check(role, metric, method, value, bound,
-                                None if slope is None else slope * PER_CALLS, len(rs), epochs,
-                                first, last, judged, why, final if method == "fit" else 0.0))
-
         if epochs > 1:
             judged, why = False, (f"worker replaced {epochs - 1} time(s): slope within its "
                                   f"lives, reported only")
@@ -248,22 +257,27 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
             judged, why = False, "run too short to judge"
         else:
             judged, why = True, ""
-        add("rss_anon", "fit", [r["rss_anon"] for r in rs], bounds.rss_bytes, pids,
-            judged=judged, why=why)
-        add("rss", "fit", [r["rss"] for r in rs], bounds.rss_bytes, pids, judged=False,
-            why="includes shared-memory pages: reported only")
-        add("fds_other", "window", [r["fds_other"] for r in rs], bounds.fds)
-        add("threads", "window", [r["threads"] for r in rs], bounds.threads)
-        add("segments_other", "window", [r["segments_other"] for r in rs], bounds.segments)
-        add("segment_bytes_other", "window", [r["segment_bytes_other"] for r in rs],
-            bounds.segment_bytes)
-        if worker:
-            add("mappings", "cap", [r["mappings"] for r in rs], cap + bounds.mappings)
-        else:
-            add("mappings_other", "window", [r["mappings_other"] for r in rs], bounds.mappings)
+        checks += [
+            _check(role, rs, "rss_anon", "fit", bounds.rss_bytes, final, judged, why),
+            _check(role, rs, "rss", "fit", bounds.rss_bytes, final, False,
+                   "includes shared-memory pages: reported only"),
+            _check(role, rs, "fds_other", "window", bounds.fds),
+            _check(role, rs, "threads", "window", bounds.threads),
+            _check(role, rs, "segments_other", "window", bounds.segments),
+            _check(role, rs, "segment_bytes_other", "window", bounds.segment_bytes),
+            (_check(role, rs, "mappings", "cap", cap + bounds.mappings) if "/w" in role else
+             _check(role, rs, "mappings_other", "window", bounds.mappings)),
+        ]
         if role.endswith("/w0"):          # the witness, never killed by the soak
-            checks.append(Check(role, "restarts", "cap", epochs - 1, 0, None, len(rs), epochs,
-                                why="worker 0 is never killed: a restart is a crash"))
+            lives = list(dict.fromkeys(pids))
+            by_pool = sum(1 for pid in lives[:-1] if int(pid) in retired)
+            if by_pool:
+                notes.append(f"{role}: stopped {by_pool} time(s) by its own pool (a lane left "
+                             f"in an unknown state, e.g. with a reply pending when another "
+                             f"worker of the same call died): not counted as a crash")
+            checks.append(Check(role, "restarts", "cap", epochs - 1 - by_pool, 0, None, len(rs),
+                                epochs, why="worker 0 is never killed by the soak: a restart "
+                                            "its pool did not make is a crash"))
     return Report(checks, warm, final, notes, needed, host_samples, too_short)
 
 

@@ -58,7 +58,7 @@ class Config:
     min_judged_calls: int | None = None
 
     @classmethod
-    def from_args(cls, a) -> "Config":
+    def from_args(cls, a) -> Config:
         """From the ``shmpool soak`` arguments (shmpool.__main__)."""
         bounds = Bounds(rss_bytes=a.max_rss_growth * MIB, fds=a.max_fd_growth,
                         threads=a.max_thread_growth, segments=a.max_segment_growth,

@@ -7,9 +7,9 @@ end of it: ``pause`` parks the loop between two runs (for a sample) and
 returns its counts, ``resume`` and ``stop`` do what they say.  A run passes
 when it prints GO_ANSWER; it counts as a worker death when the Go client
 says WORKER_DIED, and as lost at hand-off when the connection closed before
-INFO (the worker it was handed to was killed first: the soak kills server
-workers too); any other outcome, or a segment left in /dev/shm, is a
-failure."""
+INFO or was refused BUSY because the server could not place it (the worker
+it was handed to had just been killed: the soak kills server workers too);
+any other outcome, or a segment left in /dev/shm, is a failure."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ import sys
 from .sampling import segments_of
 
 GO_ANSWER = "[7 113 835]"
-LOST_AT_HANDOFF = "before answering INFO"
+# A connection the server handed to a worker that the soak had just killed:
+# closed before INFO, or refused BUSY when the hand-off itself failed.
+LOST_AT_HANDOFF = ("before answering INFO", "did not answer INFO",
+                   "could not place the connection")
+
+
+def lost_at_handoff(message: str) -> bool:
+    return any(s in message for s in LOST_AT_HANDOFF)
 
 
 def run_go(exe: str, socket_path: str) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -70,7 +77,7 @@ def go_driver(exe: str, socket_path: str) -> None:
             ok += 1
         elif "WORKER_DIED" in out.stderr:
             died += 1
-        elif out.returncode == 1 and LOST_AT_HANDOFF in out.stderr:
+        elif out.returncode == 1 and lost_at_handoff(out.stderr):
             lost += 1
         else:
             bad += 1
@@ -89,11 +96,13 @@ class GoDriver:
             [sys.executable, "-c", "import sys; from shmpool.soak.gohost import go_driver; "
                                    "go_driver(sys.argv[1], sys.argv[2])", exe, socket_path],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
 
     def _send(self, cmd: str) -> bool:
         try:
-            self.proc.stdin.write(cmd + "\n")
-            self.proc.stdin.flush()
+            self._stdin.write(cmd + "\n")
+            self._stdin.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
             return False
@@ -102,8 +111,8 @@ class GoDriver:
         """(runs, ok, worker_died, lost_at_handoff, bad, last problem), or None."""
         if not self._send("p"):
             return None
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if readable else ""
+        readable, _, _ = select.select([self._stdout], [], [], timeout)
+        line = self._stdout.readline() if readable else ""
         if not line:
             return None
         runs, ok, died, lost, bad, last = line.split(" ", 5)
@@ -116,7 +125,7 @@ class GoDriver:
         """Problems stopping it (none: an empty list)."""
         self._send("q")
         try:
-            self.proc.stdin.close()
+            self._stdin.close()
         except OSError:
             pass
         try:
@@ -125,5 +134,5 @@ class GoDriver:
             self.proc.kill()
             self.proc.wait()
             return ["the Go loop did not stop in 60 s"]
-        self.proc.stdout.close()
+        self._stdout.close()
         return [] if code == 0 else [f"the Go loop exited with status {code}"]

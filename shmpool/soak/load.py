@@ -2,7 +2,7 @@
 
 ``Load.setup`` makes a ``Pool`` (``--workers``), a pool of
 ``shmpool.testing:troublemaker`` and, with ``--go-host``, a ``shmpool serve``
-of its own (checked with one run of the Go program).  ``Load.start`` starts
+of its own (server.py; the Go loop: gohost.py).  ``Load.start`` starts
 ``--threads`` threads, each making calls from a fixed mix (see MIX) until
 ``stop``; ``pause`` parks them all (and the Go loop) between two calls so
 that a sample sees a quiet system, ``resume`` lets them go on.
@@ -15,8 +15,9 @@ pool's workers (``SplitGate``): the pool retires the other workers of a
 split call whose replies were still pending when one died, and the witness
 would go with them (the faults suite covers kills mid-split).  A server
 worker killed while the server hands it a new connection closes that
-connection before INFO: the Go program and the Client report it as a
-connection failure, which the soak counts as ``*_lost_at_handoff``.
+connection before INFO (or the server, failing to hand it over, refuses it
+BUSY): the Go program and the Client report a connection failure, which the
+soak counts as ``*_lost_at_handoff``.
 Anything else that goes wrong is an unexpected failure: counted in
 ``stats["unexpected"]`` and described in ``failures`` (the first 20).
 """
@@ -29,22 +30,25 @@ import itertools
 import math
 import os
 import random
-import shutil
+import re
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..layout import SPLIT_MIN
-from .allocator import MMAP_ENV, can_die_with_parent, die_with_parent, fix_mmap_threshold
+from .allocator import MMAP_ENV, fix_mmap_threshold
 from .config import Config, SetupError
-from .gohost import GO_ANSWER, GoDriver, run_go
+from .gohost import GoDriver, lost_at_handoff
 from .sampling import Watch, segments_of
+from .server import SoakServer
+
+if TYPE_CHECKING:
+    from .. import Pool
 
 # The calls (weights out of 100): copy-in (contiguous, strided, float32),
 # zero-copy (slices of one long-lived pool.empty array; fresh pool.empty
@@ -98,6 +102,34 @@ class SplitGate:
                 self._cond.notify_all()
 
 
+def _start_submit_threads(pool, x) -> None:
+    """The submit() executor starts its threads lazily, up to its maximum, as
+    calls find none idle: start them all now, or they would read as thread
+    growth later.  Each of max_threads jobs, submitted once the one before has
+    started, holds its thread until all are running."""
+    pool.submit(x).result()                     # makes the executor
+    ex = getattr(pool, "_executor", None)
+    n = getattr(ex, "max_threads", None)
+    if ex is None or not isinstance(n, int):    # another executor: many calls at once
+        for f in [pool.submit(x) for _ in range(4 * pool.workers + 4)]:
+            f.result()
+        return
+    everyone = threading.Barrier(n + 1)
+
+    def hold(started: threading.Event) -> None:
+        started.set()
+        everyone.wait(30)
+
+    futs = []
+    for _ in range(n):
+        started = threading.Event()
+        futs.append(ex.submit(hold, started))
+        started.wait(30)
+    everyone.wait(30)
+    for f in futs:
+        f.result()
+
+
 def _wait_gone(pid: int, timeout: float) -> None:
     """Until *pid* has exited (its descriptors closed: a zombie or gone)."""
     end = time.monotonic() + timeout
@@ -120,12 +152,14 @@ class Load:
         self.failures: list[str] = []           # unexpected outcomes, the first 20
         self.notes: list[str] = []
         self.done = 0                           # completed detect calls of every kind
-        self.pool = self.trouble = self.shared = None
-        self.server_proc: subprocess.Popen | None = None
+        self.pool: Pool | None = None
+        self.trouble: Pool | None = None
+        self.shared: np.ndarray | None = None
+        self.server: SoakServer | None = None
         self.socket_path: str | None = None
         self.go: GoDriver | None = None
-        self.watch = Watch({"pool": lambda: self.pool.worker_pids(),
-                            "trouble": lambda: self.trouble.worker_pids()},
+        self.watch = Watch({"pool": lambda: self._pools()[0].worker_pids(),
+                            "trouble": lambda: self._pools()[1].worker_pids()},
                            server=self.server_pid)
         self._env_before: str | None = None
         self._go_counts = (0, 0, 0, 0, 0)
@@ -139,9 +173,8 @@ class Load:
         self._parked = 0
         self._active = 0
         self._threads: list[threading.Thread] = []
-        self._tmpdir: str | None = None
-        self._server_log = None
         self._clients: list = []                # the load threads' Clients
+        self.retired: set[int] = set()          # worker pids the pools stopped themselves
 
     # -- setup / teardown -------------------------------------------------------------
 
@@ -160,58 +193,48 @@ class Load:
         self.with_nan = self.base[:1000].copy()
         self.with_nan[rng.integers(0, 1000, 3)] = np.nan
         if cfg.go_host is not None:
-            self._start_server()          # first, while this process has one thread
+            self.server = SoakServer(cfg.server_workers)
+            self.socket_path = self.server.socket_path
+            self.server.start(cfg.go_host)    # first, while this process has one thread
         try:
-            self.pool = Pool(workers=cfg.workers, nan_policy="raise")
+            self.pool = pool = Pool(workers=cfg.workers, nan_policy="raise")
             self.trouble = Pool(workers=2, detector="shmpool.testing:troublemaker")
-            self.shared = self.pool.empty(n + 1024)
-            self.shared[:] = self.base[:len(self.shared)]
-            # The submit() executor starts its threads lazily, up to its maximum:
-            # start them all now, or they would read as thread growth later.
-            futs = [self.pool.submit(self.base[:100]) for _ in range(4 * cfg.workers + 4)]
-            for f in futs:
-                f.result()
-        except (ShmpoolError, OSError, ValueError) as e:
-            raise SetupError(f"cannot start the pools: {e}") from e
+            self.shared = shared = pool.empty(n + 1024)
+            shared[:] = self.base[:len(shared)]
+            _start_submit_threads(pool, self.base[:100])
+            for p in (pool, self.trouble):
+                self._watch_retirements(p)
+        except (ShmpoolError, OSError, ValueError, threading.BrokenBarrierError) as e:
+            raise SetupError(f"cannot start the pools: {e!r}") from e
 
-    def _start_server(self) -> None:
-        from ..client import Client
+    def _watch_retirements(self, pool) -> None:
+        """Note the pids of the workers a pool stops itself (Pool._retire: a lane
+        whose state is unknown, e.g. left with a reply pending when another
+        worker of the same call died): the restart of a witness that its pool
+        retired is reported, not taken for a crash."""
+        retire = getattr(pool, "_retire", None)
+        if not callable(retire):
+            return
 
-        self._tmpdir = tempfile.mkdtemp(prefix="shmpool-soak-")
-        self.socket_path = os.path.join(self._tmpdir, "serve.sock")
-        self._server_log = open(os.path.join(self._tmpdir, "serve.log"), "w+")
-        self.server_proc = subprocess.Popen(
-            [sys.executable, "-m", "shmpool", "serve", "--socket", self.socket_path,
-             "--workers", str(self.cfg.server_workers)],
-            stdout=self._server_log, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if can_die_with_parent() else None)
-        end = time.monotonic() + 60
-        while True:
-            if self.server_proc.poll() is not None:
-                raise SetupError(f"shmpool serve exited with {self.server_proc.returncode}: "
-                                 f"{self._server_output()}")
-            try:
-                with Client(self.socket_path, timeout=5) as c:
-                    c.ping()
-                break
-            except OSError:
-                if time.monotonic() > end:
-                    raise SetupError("shmpool serve did not come up in 60 s") from None
-                time.sleep(0.05)
-        out, _ = run_go(self.cfg.go_host, self.socket_path)
-        if out.returncode != 0 or out.stdout.strip() != GO_ANSWER:
-            raise SetupError(f"{self.cfg.go_host} -socket {self.socket_path}: exit status "
-                             f"{out.returncode}, stdout {out.stdout.strip()!r}, "
-                             f"stderr {out.stderr.strip()!r}; expected {GO_ANSWER}")
+        def retiring(lane, _retire=retire):
+            pid = getattr(lane, "pid", 0)
+            if pid:
+                self.retired.add(pid)
+                witnesses = {roles.witness() for roles in self.watch.roles.values()}
+                if pid in witnesses and len(self.notes) < 20:
+                    self.notes.append(f"the pool stopped its witness (pid {pid}, pending "
+                                      f"{getattr(lane, 'pending', '?')}) while handling "
+                                      f"{sys.exc_info()[1]!r}")
+            return _retire(lane)
 
-    def _server_output(self) -> str:
-        self._server_log.flush()
-        self._server_log.seek(0)
-        return self._server_log.read()[-2000:]
+        pool._retire = retiring
+
+    def _pools(self) -> tuple[Pool, Pool]:
+        assert self.pool is not None and self.trouble is not None, "Load.setup() first"
+        return self.pool, self.trouble
 
     def server_pid(self) -> int | None:
-        p = self.server_proc
-        return p.pid if p is not None and p.poll() is None else None
+        return self.server.pid if self.server is not None else None
 
     def held(self) -> dict[int, dict[str, int]]:
         """pid -> the segments (and their bytes) and sockets that vary in number
@@ -261,33 +284,17 @@ class Load:
             t.join(120)
             if t.is_alive():
                 self.failures.append(f"load thread {t.name} did not stop in 120 s")
-        if self.server_proc is not None:
-            if self.server_proc.poll() is None:
-                self.server_proc.send_signal(signal.SIGTERM)
-                try:
-                    code = self.server_proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.server_proc.kill()
-                    code = self.server_proc.wait()
-                    self.failures.append("shmpool serve did not stop on SIGTERM in 30 s")
-            else:
-                code = self.server_proc.returncode
-            if code != 0:
-                self.failures.append(f"shmpool serve exited with {code}: {self._server_output()}")
-            self._server_log.close()
+        if self.server is not None:
+            self.failures += self.server.stop()
         self.shared = None
         for p in (self.pool, self.trouble):
             if p is not None:
                 p.close()
         gc.collect()
         left = [n for n in segments_of(os.getpid()) if not n.endswith("-owner")]
-        if self.server_proc is not None:
-            left += segments_of(self.server_proc.pid)
         if left:
             self.failures.append(f"{len(left)} segment(s) left in /dev/shm after the soak: "
                                  f"{left[:5]}")
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._env_before is None:
             os.environ.pop(MMAP_ENV, None)
         else:
@@ -296,7 +303,7 @@ class Load:
     # -- running and pausing -----------------------------------------------------------
 
     def start(self) -> None:
-        if self.cfg.go_host is not None:
+        if self.cfg.go_host is not None and self.socket_path is not None:
             self.go = GoDriver(self.cfg.go_host, self.socket_path)
         self._active = self.cfg.threads
         for i in range(self.cfg.threads):
@@ -378,6 +385,19 @@ class Load:
             if len(self.failures) < 20:
                 self.failures.append(what)
 
+    def _worker_died(self, op: str, n: int, message: str) -> None:
+        """A call's worker died: expected when the soak killed it (SIGKILL);
+        a witness's death, or any other signal or exit, is a crash."""
+        witnesses = {roles.witness() for roles in self.watch.roles.values()}
+        pid = re.search(r"\(pid (\d+)\)", message)
+        if pid is not None and int(pid.group(1)) in witnesses:
+            self._fail(f"{op} n={n}: a witness died: {message}")
+        elif "(pid" in message and "SIGKILL" not in message:
+            self._fail(f"{op} n={n}: a worker died of something else than the soak's SIGKILL: "
+                       f"{message}")
+        else:
+            self._count("worker_died")
+
     def _kill(self, r: random.Random) -> None:
         """SIGKILL a random worker, never a group's witness (role w0); one of the
         main pool's only while no call is split over its workers, and the
@@ -387,7 +407,7 @@ class Load:
             if not pids:
                 return
             victim = r.choice(pids)
-            gate = (self._gate.closed(5.0) if victim in self.pool.worker_pids()
+            gate = (self._gate.closed(5.0) if victim in self._pools()[0].worker_pids()
                     else contextlib.nullcontext(True))
             with gate as clear:
                 if not clear:
@@ -416,36 +436,39 @@ class Load:
         from ..client import Client
         from ..errors import ResultTooSmall
 
+        pool, trouble = self._pools()
+        shared = self.shared
+        assert shared is not None
         off = r.randrange(0, len(self.base) - 2 * n)
         x = self.base[off:off + n]
         if op == "copy":
-            return x, self.pool.detect(x)
+            return x, pool.detect(x)
         if op == "copy_strided":
             x = self.base[off:off + 2 * n:2]
-            return x, self.pool.detect(x)
+            return x, pool.detect(x)
         if op == "copy_f32":
             x32 = x.astype(np.float32)
-            return x32, self.pool.detect(x32)          # reference() widens it the same way
+            return x32, pool.detect(x32)          # reference() widens it the same way
         if op == "shared":
-            off = r.randrange(0, len(self.shared) - n)
-            x = self.shared[off:off + n]
-            return x, self.pool.detect(x)
+            off = r.randrange(0, len(shared) - n)
+            x = shared[off:off + n]
+            return x, pool.detect(x)
         if op == "fresh_empty":
-            buf = self.pool.empty(n)
+            buf = pool.empty(n)
             buf[:] = x
-            return x, self.pool.detect(buf)
+            return x, pool.detect(buf)
         if op == "out":
             try:
-                return x, self.pool.detect(x, out=ret).copy()
+                return x, pool.detect(x, out=ret).copy()
             except ResultTooSmall:
                 self._count("result_too_small")
                 return x, None
         if op == "submit":
-            return x, self.pool.submit(x).result()
+            return x, pool.submit(x).result()
         if op == "trouble":
             start = off % (len(self.positive) - n)
             x = self.positive[start:start + n]
-            return x, self.trouble.detect(x)
+            return x, trouble.detect(x)
         if op == "client":
             return x, client.detect(x)
         if op == "client_new":
@@ -453,9 +476,9 @@ class Load:
                 return x, c.detect(x)
         # the calls that must fail
         if op == "trouble_negative":
-            self.trouble.detect(x - 10.0)
+            trouble.detect(x - 10.0)
         elif op == "nan":
-            self.pool.detect(self.with_nan)
+            pool.detect(self.with_nan)
         elif op == "client_nan":
             client.detect(self.with_nan)
         else:
@@ -501,10 +524,10 @@ class Load:
                 x = got = None
                 try:
                     x, got = self._call(op, n, r, ret, client)
-                except WorkerDied:
-                    self._count("worker_died")
+                except WorkerDied as e:
+                    self._worker_died(op, n, str(e))
                 except ServerUnavailable as e:
-                    if op.startswith("client") and "did not answer INFO" in str(e):
+                    if op.startswith("client") and lost_at_handoff(str(e)):
                         self._count("client_lost_at_handoff")
                     else:
                         self._fail(f"{op} n={n}: ServerUnavailable: {e}")

@@ -42,6 +42,11 @@ def _num(v) -> float:
     return float(v) if v not in ("", None) else 0.0
 
 
+def _columns(rs: list[dict]):
+    """column(name) -> that metric of *rs* as a float array (0 where missing)."""
+    return lambda k: np.array([r.get(k, 0.0) for r in rs], dtype=float)
+
+
 def _title(report: Report, verdict: Verdict) -> str:
     if verdict.word == "TOO SHORT TO JUDGE":
         return (f"TOO SHORT TO JUDGE: {report.final_calls:,.0f} calls, "
@@ -57,7 +62,7 @@ def plot(path: str, rows: list[dict], report: Report, bounds: Bounds | None = No
     verdict = verdict or decide(report)
     warm, final = report.warmup_calls, report.final_calls
     bound = bounds.rss_bytes / MIB
-    by_role = defaultdict(list)
+    by_role: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_role[r["role"]].append({k: (v if k == "role" else _num(v)) for k, v in r.items()})
     fig, axes = plt.subplots(3, 2, figsize=(15, 12), sharex=True)
@@ -66,16 +71,16 @@ def plot(path: str, rows: list[dict], report: Report, bounds: Bounds | None = No
     for role in sorted(by_role):
         rs = sorted(by_role[role], key=lambda r: r["calls"])
         x = np.array([r["calls"] for r in rs])
-        col = lambda k: np.array([r.get(k, 0.0) for r in rs], dtype=float)  # noqa: E731
+        col = _columns(rs)
         anon = col("rss_anon") / MIB
         post = x >= warm
         c = report.check(role, "rss_anon")
-        fitted = (c is not None and c.slope_per_10k is not None and c.epochs == 1
-                  and post.sum() > 1)
-        if fitted:
+        slope = None                        # MiB per call, where the fit is drawn
+        if c is not None and c.slope_per_10k is not None and c.epochs == 1 and post.sum() > 1:
             slope = c.slope_per_10k / PER_CALLS / MIB
             base = anon[post].mean() - slope * x[post].mean()       # the fit at call 0
-            label = f"{role}: {c.slope_per_10k / 1024:+.1f} KiB/10k calls -> {c.value / MIB:+.2f} MiB"
+            label = (f"{role}: {c.slope_per_10k / 1024:+.1f} KiB/10k calls -> "
+                     f"{c.value / MIB:+.2f} MiB")
         else:
             base = anon[post][0] if post.any() else anon[0]
             label = role + (f" (replaced {c.epochs - 1}x, not judged)" if c is not None
@@ -83,7 +88,7 @@ def plot(path: str, rows: list[dict], report: Report, bounds: Bounds | None = No
         line, = a_rss.plot(x, anon - base, ".-", ms=2, lw=0.7, label=label)
         if post.any():
             shown += [float((anon[post] - base).min()), float((anon[post] - base).max())]
-        if fitted:
+        if slope is not None:
             a_rss.plot([0, final], [0, slope * final], "--", color=line.get_color(), lw=1.4)
             shown.append(slope * final)
         a_tot.plot(x, col("rss") / MIB, ".-", ms=2, lw=0.7, label=role)
@@ -115,7 +120,7 @@ def plot(path: str, rows: list[dict], report: Report, bounds: Bounds | None = No
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("calls")
-    a_rss.legend(fontsize=7)
+    a_rss.legend(fontsize=7, loc="best")
     a_tot.legend(fontsize=7, ncol=2)
     a_seg.legend(fontsize=7)
     a_bytes.legend(fontsize=7)

@@ -45,8 +45,9 @@ class Plain:
 class Bar:
     """The same, as a tqdm bar."""
 
-    def __init__(self, tqdm, duration: float | None, calls: int | None):
-        self.duration = duration
+    def __init__(self, tqdm, duration: float | None, calls: int | None, every: float = 1.0):
+        self.duration, self.every = duration, every
+        self._next = 0.0
         if duration is None:
             self.bar = tqdm(total=calls, unit="call", dynamic_ncols=True, mininterval=1)
         else:
@@ -55,6 +56,10 @@ class Bar:
                                        "{remaining}{postfix}]")
 
     def update(self, elapsed: float, done: int, status: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.every
         self.bar.set_postfix_str(status, refresh=False)
         self.bar.n = (min(done, self.bar.total) if self.duration is None
                       else min(round(elapsed), self.bar.total))

@@ -65,7 +65,8 @@ def format_report(report: Report, stats: dict | None = None, full: bool = True) 
                 f = lambda v: f"{v:g}"               # noqa: E731
                 s = lambda v: f"{v:+.3f}"            # noqa: E731
             slope = "n/a" if c.slope_per_10k is None else s(c.slope_per_10k)
-            value = f"max {c.value:g}" if c.method == "cap" else s(c.value)
+            value = (f"max {c.value:g}" if c.method == "cap" else
+                     "" if c.metric == "rss" else s(c.value))      # rss: shared pages too
             verdict = ("ok" if c.ok else "FAIL") if c.judged else "-"
             bound = f(c.bound) if c.judged else ""
             lines.append(f"{c.role:<24}{c.metric:<21}{f(c.first):>11}{f(c.last):>11}{slope:>13}"
@@ -126,13 +127,12 @@ def explain(report: Report, verdict: Verdict, bounds: Bounds, stats: dict | None
     counts = [c for c in report.checks if c.metric not in ("rss_anon", "rss")]
     cap = "" if mappings_cap is None else f"{mappings_cap:g}"
     lines.append(
-        f"  counts: fds other than segments and lane connections (bound {bounds.fds:g}), threads ({bounds.threads:g}), "
-        f"own segments ({bounds.segments:g}) and their bytes ({bounds.segment_bytes / MIB:g} MiB), "
-        f"mapped segments ({bounds.mappings:g}), each less what the lanes and staging caches "
-        f"hold (the host's): the level "
-        f"of the last quarter of the judged samples minus the first quarter's; a worker's "
-        f"mappings: at most {cap or 'the cache size'} + {bounds.mappings:g}; a witness "
-        f"(w0): no restart:")
+        f"  counts: fds other than segments and lane connections (bound {bounds.fds:g}), "
+        f"threads ({bounds.threads:g}), own segments ({bounds.segments:g}) and their bytes "
+        f"({bounds.segment_bytes / MIB:g} MiB), mapped segments ({bounds.mappings:g}), each less "
+        f"what lanes and staging caches hold: the level of the last quarter of the judged "
+        f"samples minus the first quarter's; a worker's mappings: at most "
+        f"{cap or 'the cache size'} + {bounds.mappings:g}; a witness (w0): no restart:")
     bad = [c for c in counts if not c.ok]
     if bad:
         lines += [f"    {c.describe()}: GROWTH" for c in bad]

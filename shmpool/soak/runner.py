@@ -136,7 +136,7 @@ def finish(cfg: Config, load: Load, samples: int, elapsed: float,
     rows = read_csv(csv_path)
     cap = default_mappings_cap()
     report = analyze(rows, cfg.bounds, cfg.warmup, cfg.min_warmup_calls, cap,
-                     cfg.min_judged_calls)
+                     cfg.min_judged_calls, load.retired)
     report.notes.extend(load.notes)
     stats = dict(load.stats)
     if cfg.kill_every and not stats.get("kills"):
