@@ -86,17 +86,26 @@ class Client:
         self._dial_lock = threading.Lock()
         self._lanes = Lanes([])
         self._raw = threading.Lock()
-        lane = self._dial()
+        lane, info = self._dial()
         self._lanes.all.append(lane)
-        info = self.info(lane)
         self.workers = int(info.values[L.INFO_WORKERS])
         self.rows = L.parse_table(info.message)
 
     # -- lanes --------------------------------------------------------------------
 
-    def _dial(self) -> Lane:
-        sock = connect(self.path, deadline_of(self.timeout))
-        return Lane(sock, len(self._lanes.all))
+    DIAL_ATTEMPTS = 3        # a worker that dies right after the handover costs a redial
+
+    def _dial(self) -> tuple[Lane, L.Reply]:
+        """A new lane and its worker's INFO reply."""
+        for attempt in range(self.DIAL_ATTEMPTS):
+            lane = Lane(connect(self.path, deadline_of(self.timeout)), len(self._lanes.all))
+            try:
+                return lane, self.info(lane)
+            except ServerUnavailable:
+                if attempt + 1 == self.DIAL_ATTEMPTS:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _segments(self, lane: Lane) -> None:
         if lane.data is None:
@@ -108,8 +117,7 @@ class Client:
             while len(self._lanes.all) < want or self._lanes.busy() == len(self._lanes.all):
                 if len(self._lanes.all) >= max(want, 4 * self.workers):
                     break
-                lane = self._dial()
-                self.info(lane)
+                lane, _info = self._dial()
                 self._lanes.add(lane)
         return self._lanes.take(token, want, deadline, lambda: PoolClosed("the client is closed"))
 
@@ -136,7 +144,10 @@ class Client:
             raise ServerUnavailable(f"the server at {self.path} did not answer INFO: {e}") from None
         if r.status != L.Status.OK:
             lane.close()
-            raise from_status(r.status, r.error_type, r.message)
+            err = from_status(r.status, r.error_type, r.message)
+            if r.status == L.Status.BUSY:
+                raise ServerUnavailable(str(err)) from None
+            raise err
         lane.worker, lane.pid = int(r.values[L.INFO_WORKER]), int(r.values[L.INFO_PID])
         return r
 

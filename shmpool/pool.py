@@ -63,10 +63,11 @@ from ._host import (
     run_whole,
     too_small_message,
 )
-from .errors import BrokenPool, DetectTimeout, PoolClosed, ResultTooSmall
+from .errors import BrokenPool, DetectTimeout, PoolClosed, ResultTooSmall, WorkerDied
 from .returns import ReturnSegment
 
 STAGING_KEPT = 4           # large input segments kept for reuse
+DRAIN_SECONDS = 2.0        # how long a failed split call waits for its other workers' replies
 
 
 class Pool(CallForms):
@@ -183,6 +184,9 @@ class Pool(CallForms):
                 answer = self._whole(token, lanes[0], x, out, row, policy, values, deadline)
             else:
                 answer = self._split(token, lanes, x, out, row, policy, values, deadline)
+        except WorkerDied:
+            self._settle(token, drain=True)    # a split call's other workers are fine
+            raise
         except BaseException:
             self._settle(token)
             raise
@@ -329,11 +333,14 @@ class Pool(CallForms):
         lane.pending = 0
         return how
 
-    def _settle(self, token: Token) -> None:
-        """After a call, however it ended: retire lanes left mid-exchange, release all.
+    def _settle(self, token: Token, drain: bool = False) -> None:
+        """After a call, however it ended: retire lanes left mid-exchange (or,
+        with *drain*, first wait a moment for their replies), release all.
         (Lanes also come back by themselves when the token dies: see Lanes.)"""
         try:
             for lane in self._lanes.held_by(token):
+                if drain and lane.pending and lane.fd >= 0 and not lane.doomed:
+                    _drain(lane, time.monotonic() + DRAIN_SECONDS)
                 if lane.pending or lane.doomed:
                     self._retire(lane)
                     lane.doomed = False
@@ -554,6 +561,15 @@ def _forked_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forked_child)
+
+
+def _drain(lane: Lane, deadline: float) -> None:
+    """Read the replies still owed to a lane, so its healthy worker is kept."""
+    try:
+        while lane.pending:
+            lane.recv(deadline)
+    except (LaneBroken, LaneTimeout):
+        pass                               # retired by the caller: pending is still set
 
 
 def _wait_idle(lanes: Lanes, timeout: float) -> None:

@@ -209,27 +209,34 @@ class Server:
             _refuse(conn, L.Status.NOT_PERMITTED,
                     f"this server serves uid {os.geteuid()} only; you are uid {uid}")
             return
-        i = self._choose(pid)
-        if i is None:
-            total = sum(s.conns for s in self._workers.slots)
-            log.warning("busy: %d connections held, as many as the workers can; refused one", total)
-            _refuse(conn, L.Status.BUSY, f"the server holds {total} connections, as many as its "
-                                         "workers can; try again later")
+        for _attempt in range(len(self._workers.slots) + 1):
+            i = self._choose(pid)
+            if i is None:
+                total = sum(s.conns for s in self._workers.slots)
+                log.warning("busy: %d connections held, as many as the workers can; refused one",
+                            total)
+                _refuse(conn, L.Status.BUSY, f"the server holds {total} connections, as many as "
+                                             "its workers can; try again later")
+                return
+            if not self._workers.alive(i):       # died since the last look: replace it first
+                self._replace(i)
+                continue
+            self._next_tag += 1
+            try:
+                self._workers.give(i, conn.fileno(), self._next_tag, pid)
+            except OSError as e:
+                log.warning("could not hand a connection to worker %d (%s); replacing it", i, e)
+                self._replace(i)
+                continue
+            conn.close()
             return
-        self._next_tag += 1
-        try:
-            self._workers.give(i, conn.fileno(), self._next_tag, pid)
-        except OSError as e:
-            log.warning("could not hand a connection to worker %d: %s", i, e)
-            _refuse(conn, L.Status.BUSY, "the server could not place the connection; try again")
-            return
-        conn.close()
+        _refuse(conn, L.Status.BUSY, "the server could not place the connection; try again")
 
     def _choose(self, peer: int) -> int | None:
         """The worker for a new connection of process *peer*: the fewest
         connections among those not yet serving *peer*, else among all."""
         open_slots = [s for s in self._workers.slots
-                      if s.ctrl is not None and s.conns < s.max_conns]
+                      if s.ctrl is not None and s.proc is not None and s.conns < s.max_conns]
         if not open_slots:
             return None
         fresh = [s for s in open_slots if peer not in s.peers] or open_slots

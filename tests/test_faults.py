@@ -236,3 +236,24 @@ def test_ctrl_c_while_a_pool_starts_prints_no_worker_noise():
         assert proc.returncode in (130, -signal.SIGINT, 1), err
         assert "BrokenPipeError" not in err and "Traceback" not in err.replace(
             "KeyboardInterrupt", ""), err
+
+
+def test_a_worker_dying_mid_split_spares_its_healthy_sibling():
+    """The soak found the pool retiring a split call's healthy worker, whose
+    reply was merely still coming, along with the dead one."""
+    with Pool(workers=2) as p:
+        big = np.random.default_rng(3).standard_normal(4_000_000)
+        keeper = p._lanes.all[0].pid
+        died = 0
+        for _ in range(6):
+            victim = p._lanes.all[1].pid
+            killer = threading.Timer(0.002, kill_quietly, [[victim]])
+            killer.start()
+            try:
+                p.detect(big)
+            except WorkerDied:
+                died += 1
+            killer.join()
+            assert p._lanes.all[0].pid == keeper and psutil.pid_exists(keeper)
+        assert died >= 1                               # the kills did land mid-call
+        assert p.detect(planted(1), detector="classic").tolist() == [7, 113, 835]

@@ -687,3 +687,26 @@ def test_memory_follows_the_segments_lives(server):
     for seg in kept:
         seg.close(), seg.unlink()
     assert psutil.Process(server.proc.pid).memory_info().rss - server_rss < 1 << 20
+
+
+def test_connections_made_just_after_a_worker_dies_are_served(tmp_path):
+    """The soak found new connections handed to a worker that had just died:
+    they closed before INFO, or got BUSY though another worker lived."""
+    s = ServerProcess(tmp_path / "h.sock", "--workers", "2").start()
+    failures = []
+    try:
+        for round_ in range(15):
+            victim = worker_children(s.proc.pid)[round_ % 2].pid
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(3):
+                try:
+                    with Client(s.path) as c:
+                        c.ping()
+                except Exception as e:  # noqa: BLE001 - counted
+                    failures.append(repr(e))
+            deadline = time.monotonic() + 10
+            while len(worker_children(s.proc.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        assert s.stop() == 0
+    assert failures == []
