@@ -124,10 +124,11 @@ def main(argv=None) -> int:
                        "copy-in and zero-copy, threads, detector errors, worker kills; with "
                        "--go-host also a server and the Go host), sampled for RSS, fds, "
                        "threads and /dev/shm segments; exit 0 when flat after the warm-up, "
-                       "1 when a bound is exceeded, 2 on setup errors.  The method: "
+                       "1 when a bound is exceeded, 2 on setup errors, 3 when the run was too "
+                       "short to judge (at least the warm-up twice over).  The method: "
                        "python -m pydoc shmpool.soak")
     k.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="run this long (default 60 s unless --calls is given)")
+                   help="run this long (default 240 s unless --calls is given)")
     k.add_argument("--calls", type=int, default=None, metavar="N",
                    help="stop after N detect calls (with --duration: whichever comes first)")
     k.add_argument("--threads", type=int, default=4, help="calling threads (default 4)")
@@ -153,15 +154,19 @@ def main(argv=None) -> int:
     k.add_argument("--warmup", type=float, default=0.2, metavar="FRACTION",
                    help="leading fraction of the calls that is not judged (default 0.2)")
     k.add_argument("--min-warmup-calls", type=int, default=20_000, metavar="N",
-                   help="the warm-up: at least N calls, at most half (default 20000)")
+                   help="the warm-up: at least N calls, at most half (default 20000; a host's "
+                        "anonymous RSS settles over its first ~100k calls, so judge runs of a "
+                        "few minutes)")
+    k.add_argument("--min-judged-calls", type=int, default=None, metavar="N",
+                   help="calls after the warm-up a verdict needs (default: the warm-up's)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.add_argument("--malloc-mmap-threshold", type=int, default=65536, metavar="BYTES",
                    help="glibc: allocations this big get their own mmap, so freed numpy "
                         "temporaries leave RSS (default 65536; 0: keep glibc's dynamic "
                         "threshold, whose steps read as RSS growth)")
     k.add_argument("--max-rss-growth", type=float, default=1.0, metavar="MIB",
-                   help="bound on each process's fitted anonymous-RSS growth after the "
-                        "warm-up (default 1)")
+                   help="bound on each process's anonymous-RSS growth: the slope fitted "
+                        "after the warm-up times the run's calls (default 1)")
     k.add_argument("--max-fd-growth", type=int, default=0, metavar="N", help="default 0")
     k.add_argument("--max-thread-growth", type=int, default=0, metavar="N", help="default 0")
     k.add_argument("--max-segment-growth", type=int, default=0, metavar="N",
