@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,9 @@ def _array(region, dtype, start: int = 0, count: int | None = None) -> np.ndarra
     return whole[start:] if count is None else whole[start:start + count]
 
 
+_ROW_PYTHON, _ROW_CLASSIC, _ROW_WHOLE = 0, 1, 2     # serve.h's row kinds
+
+
 class Handler:
     """The Python answer to any request: LAYOUT.md 2.5-2.7 to the letter."""
 
@@ -78,6 +82,41 @@ class Handler:
         self.rows, self.cache = rows, cache
         self.workers, self.index, self.nan_policy = workers, index, nan_policy
         self.table = L.format_table([r.table_row() for r in rows])
+        self._kwargs: dict[tuple, dict[str, Any]] = {}   # (row, params, policy) -> fn's keywords
+
+    def call(self, loop, ev: tuple) -> None:
+        """A whole-array DETECT the C loop checked and mapped (EV_CALL): run the
+        function, let C write and send the answer; errors take reply()'s path."""
+        _, fd, _tag, rid, row, policy, _base, params, data, start, count, out = ev
+        try:
+            kw = self._keywords(row, params, policy)
+            x = np.frombuffer(data, np.float64, count, 8 * start)
+            idx = np.asarray(self.rows[row].impl.fn(x, **kw))
+            if not loop.finish(idx):
+                loop.finish(detectors.check_indices(idx, count))
+        except Exception as e:  # noqa: BLE001 - every failure is a reply, never a crash
+            status, etype, message, tb = self._describe(e)
+            out.set_result(0, status, 0)
+            loop.reply(fd, L.pack_reply(L.Reply(status, rid, error_type=etype, message=message,
+                                                traceback=tb)))
+
+    def _keywords(self, row: int, params: tuple, policy: int) -> dict[str, Any]:
+        """The function's keyword arguments for these request values (cached)."""
+        key = (row, params, policy)
+        kw = self._kwargs.get(key)
+        if kw is None:
+            r = self.rows[row]
+            try:
+                p = r.params(params, L.POLICY_NAMES.get(policy, self.nan_policy))
+            except ValueError as e:
+                raise BadValue(safe_str(e)) from None
+            kw = dict(p.as_dict())
+            if r.impl.takes_policy:
+                kw["nan_policy"] = p.nan_policy
+            if len(self._kwargs) >= 64:
+                self._kwargs.clear()
+            self._kwargs[key] = kw
+        return dict(kw)
 
     def reply(self, packet: bytes, tag: int) -> bytes:
         rid, out = 0, None
@@ -269,7 +308,9 @@ def _shutdown(ctrl: socket.socket, conns: _Conns) -> None:
 
 def serve_native(ctrl: socket.socket, handler: Handler, cache, timeout: float) -> None:
     assert native is not None
-    rows = [(type(r.impl) is detectors.Classic, r.defaults.get("threshold", 2.0)) for r in handler.rows]
+    rows = [(_ROW_CLASSIC if type(r.impl) is detectors.Classic else
+             _ROW_WHOLE if isinstance(r.impl, detectors.FunctionDetector) else _ROW_PYTHON,
+             r.defaults.get("threshold", 2.0)) for r in handler.rows]
     loop = native.Loop(ctrl.fileno(), cache, rows, L.POLICY_CODES[handler.nan_policy],
                        timeout or 0.0, L.MAX_REQUEST)
     loop.start_watchdog()
@@ -285,6 +326,11 @@ def serve_native(ctrl: socket.socket, handler: Handler, cache, timeout: float) -
         ev = loop.run()
         if ev[0] == "ctrl":
             _control(ctrl, conns, loop.add, lambda: _shutdown(ctrl, conns))
+        elif ev[0] == "call":
+            try:
+                handler.call(loop, ev)
+            except OSError:
+                closed(ev[1], ev[2])
         elif ev[0] == "request":
             _, fd, tag, packet = ev
             loop.begin(fd, struct.unpack_from("<Q", packet, 8)[0] if len(packet) >= 16 else 0)
@@ -421,6 +467,23 @@ def _send(s: socket.socket, packet: bytes) -> bool:
 
 # -- entry point ----------------------------------------------------------------------
 
+MMAP_THRESHOLD = 32 << 20   # glibc: blocks below this come from the heap, and ...
+TRIM_THRESHOLD = 128 << 20  # ... this much freed heap is kept for the next call
+
+
+def keep_temporaries() -> None:
+    """Keep freed large blocks for reuse.  A numpy detector makes temporaries
+    the size of its input on every call; fresh mappings for them page-fault
+    in each time (at 10^6 values that doubled the one-liner's time here)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, MMAP_THRESHOLD)     # M_MMAP_THRESHOLD
+        libc.mallopt(-1, TRIM_THRESHOLD)     # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):        # not glibc: its own defaults
+        pass
+
+
 def main(ctrl_fd: int, config: dict) -> None:
     """Run a worker on control socket *ctrl_fd* until its supervisor goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the host's to handle
@@ -429,6 +492,7 @@ def main(ctrl_fd: int, config: dict) -> None:
     set_process_name(f"shmpool-worker{config.get('index', '')}")
     ctrl = socket.socket(fileno=ctrl_fd)
     np.seterr(all="ignore")   # overflow is reported by value (NonFiniteError), not as noise
+    keep_temporaries()
     if config.get("memory_limit"):
         # RLIMIT_DATA caps the heap and private mappings (a detector's
         # allocations), not the shared segments this worker maps.

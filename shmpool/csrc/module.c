@@ -109,6 +109,19 @@ static void cache_dealloc(CacheObject *self)
     free_instance((PyObject *)self);
 }
 
+/* A Region object (pinning m) of cache `owner`. */
+static PyObject *new_region(CacheObject *owner, mapping *m)
+{
+    RegionObject *r = (RegionObject *)PyType_GenericAlloc((PyTypeObject *)RegionType, 0);
+    if (r == NULL)
+        return NULL;
+    Py_INCREF((PyObject *)owner);
+    r->owner = owner;
+    r->m = m;
+    cache_pin(&owner->c, m);
+    return (PyObject *)r;
+}
+
 static PyObject *cache_region(CacheObject *self, PyObject *args)
 {
     const char *name;
@@ -126,14 +139,7 @@ static PyObject *cache_region(CacheObject *self, PyObject *args)
         }
         return NULL;
     }
-    RegionObject *r = (RegionObject *)PyType_GenericAlloc((PyTypeObject *)RegionType, 0);
-    if (r == NULL)
-        return NULL;
-    Py_INCREF((PyObject *)self);
-    r->owner = self;
-    r->m = m;
-    cache_pin(&self->c, m);
-    return (PyObject *)r;
+    return new_region(self, m);
 }
 
 static PyObject *cache_sweep_py(CacheObject *self, PyObject *unused)
@@ -298,14 +304,14 @@ static int loop_init(LoopObject *self, PyObject *args, PyObject *kw)
     }
     self->l.rows = calloc((size_t)(n ? n : 1), sizeof(serve_row));
     for (Py_ssize_t i = 0; i < n; i++) {
-        int classic;
+        int kind;
         double k;
         PyObject *item = PySequence_GetItem(rows, i);
-        int ok = item != NULL && PyArg_ParseTuple(item, "pd", &classic, &k);
+        int ok = item != NULL && PyArg_ParseTuple(item, "id", &kind, &k);
         Py_XDECREF(item);
         if (!ok)
             return -1;
-        self->l.rows[i] = (serve_row){classic, k};
+        self->l.rows[i] = (serve_row){kind, k};
     }
     self->l.nrows = (int)n;
     self->l.default_policy = policy;
@@ -361,6 +367,24 @@ static PyObject *loop_run(LoopObject *self, PyObject *unused)
                              (const char *)self->l.req, (Py_ssize_t)self->l.ev_len);
     case EV_CLOSED:
         return Py_BuildValue("(sil)", "closed", self->l.ev_fd, self->l.ev_tag);
+    case EV_CALL: {
+        serve_call *c = &self->l.call;
+        PyObject *params = PyTuple_New(c->nparams), *data = NULL, *out = NULL, *r = NULL;
+        for (uint32_t i = 0; params != NULL && i < c->nparams; i++)
+            if (PyTuple_SetItem(params, (Py_ssize_t)i, PyFloat_FromDouble(c->params[i])) < 0)
+                Py_CLEAR(params);
+        data = new_region(self->cache, c->data);
+        out = new_region(self->cache, c->out);
+        if (params != NULL && data != NULL && out != NULL)
+            r = Py_BuildValue("(silKIIKOOKKO)", "call", c->fd, c->tag, (unsigned long long)c->rid,
+                              (unsigned)c->row, (unsigned)c->policy, (unsigned long long)c->base,
+                              params, data, (unsigned long long)c->start,
+                              (unsigned long long)c->count, out);
+        Py_XDECREF(params);
+        Py_XDECREF(data);
+        Py_XDECREF(out);
+        return r;
+    }
     default:
         errno = self->l.ev_errno;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -392,6 +416,34 @@ static PyObject *loop_reply(LoopObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* finish(indices) -> True when the EV_CALL in progress was answered with these
+ * indices (int64, strictly ascending, in [0, count)); False when they are
+ * not such, for Python to check and mend first. */
+static PyObject *loop_finish(LoopObject *self, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    const serve_call *c = &self->l.call;
+    int ok = b.itemsize == 8 && b.format != NULL &&
+             (strcmp(b.format, "q") == 0 || strcmp(b.format, "l") == 0 ||
+              strcmp(b.format, "<q") == 0 || strcmp(b.format, "=q") == 0);
+    size_t n = ok ? (size_t)b.len / 8 : 0;
+    const int64_t *idx = b.buf;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = idx[i] >= 0 && (uint64_t)idx[i] < c->count && (i == 0 || idx[i] > idx[i - 1]);
+    int r = 0;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        r = serve_finish(&self->l, c, idx, n);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&b);
+    if (r != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(ok);
+}
+
 static PyObject *loop_start_watchdog(LoopObject *self, PyObject *unused)
 {
     int r = serve_start_watchdog(&self->l);
@@ -419,8 +471,11 @@ static PyMethodDef loop_methods[] = {
     {"add", (PyCFunction)loop_add, METH_VARARGS, "add(fd, tag): serve a connection"},
     {"remove", (PyCFunction)loop_remove, METH_O, "remove(fd) -> tag: stop serving it (not closed)"},
     {"run", (PyCFunction)loop_run, METH_NOARGS,
-     "run() -> ('none',) | ('ctrl',) | ('request', fd, tag, packet) | ('closed', fd, tag)"},
+     "run() -> ('none',) | ('ctrl',) | ('request', fd, tag, packet) | ('closed', fd, tag) | "
+     "('call', fd, tag, rid, row, policy, base, params, data, start, count, out)"},
     {"begin", (PyCFunction)loop_begin, METH_VARARGS, "begin(fd, request_id): a request is running"},
+    {"finish", (PyCFunction)loop_finish, METH_O,
+     "finish(indices) -> bool: answer the call in progress, if the indices are sound"},
     {"reply", (PyCFunction)loop_reply, METH_VARARGS, "reply(fd, packet): answer the running request"},
     {"start_watchdog", (PyCFunction)loop_start_watchdog, METH_NOARGS,
      "exit when the control socket closes; enforce the timeout"},

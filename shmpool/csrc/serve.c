@@ -212,10 +212,12 @@ static int name_field(const unsigned char *f, char *out)
 
 /* The data range of a request, or NULL (the Python path reports why). */
 static const double *data_range(serve_loop *l, const char *name, long tag, uint64_t start,
-                                uint64_t count)
+                                uint64_t count, mapping **found)
 {
     cache_error e;
     mapping *d = cache_get(l->cache, name, P_KIND_DATA, tag, &e);
+    if (found != NULL)
+        *found = d;
     if (d == NULL)
         return NULL;
     uint64_t valid = cache_count(d), cap = cache_capacity(d);
@@ -226,13 +228,11 @@ static const double *data_range(serve_loop *l, const char *name, long tag, uint6
     return (const double *)(d->base + P_HEADER_SIZE) + start;
 }
 
-/* Flag x into the result mapping and build the reply; returns its length. */
-static size_t flag_reply(serve_loop *l, mapping *out, uint64_t rid, const double *x, uint64_t n,
-                         double mean, double cut, uint64_t base)
+/* The result header and the reply for an answer of `total` indices already
+ * written to the region when they fit; returns the reply's length. */
+static size_t result_reply(serve_loop *l, mapping *out, uint64_t rid, size_t total)
 {
     uint64_t cap = cache_capacity(out);
-    size_t total = kernel_flag(x, n, mean, cut, (int64_t)base,
-                               (int64_t *)(out->base + P_HEADER_SIZE), cap);
     if (total <= cap) {
         cache_set_result(out, total, P_STATUS_OK, total);
         return reply_head(l->rep, P_STATUS_OK, rid, total, total, 0);
@@ -250,8 +250,59 @@ static size_t flag_reply(serve_loop *l, mapping *out, uint64_t rid, const double
     return len + sizeof type - 1 + (size_t)m;
 }
 
+/* Flag x into the result mapping and build the reply; returns its length. */
+static size_t flag_reply(serve_loop *l, mapping *out, uint64_t rid, const double *x, uint64_t n,
+                         double mean, double cut, uint64_t base)
+{
+    size_t total = kernel_flag(x, n, mean, cut, (int64_t)base,
+                               (int64_t *)(out->base + P_HEADER_SIZE), cache_capacity(out));
+    return result_reply(l, out, rid, total);
+}
+
+int serve_finish(serve_loop *l, const serve_call *call, const int64_t *idx, size_t n)
+{
+    mapping *out = call->out;
+    if (n <= cache_capacity(out)) {
+        int64_t *dst = (int64_t *)(out->base + P_HEADER_SIZE);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = idx[i] + (int64_t)call->base;
+    }
+    size_t len = result_reply(l, out, call->rid, n);
+    return serve_reply(l, call->fd, l->rep, len);
+}
+
+/* A DETECT of a Python function's row whose every check passes: map its
+ * segments and hand it to Python as EV_CALL (2); 0 to let Python see why not. */
+static int whole_call(serve_loop *l, int fd, long tag, uint32_t row, uint32_t policy,
+                      uint32_t nparams)
+{
+    const unsigned char *q = l->req;
+    char data[P_NAME_SIZE], out_name[P_NAME_SIZE];
+    if (name_field(q + P_OFF_Q_DATA_NAME, data) != 0 || name_field(q + P_OFF_Q_OUT_NAME, out_name) != 0)
+        return 0;
+    serve_call *c = &l->call;
+    c->start = rd64(q + P_OFF_Q_START);
+    c->count = rd64(q + P_OFF_Q_COUNT);
+    cache_error e;
+    c->out = cache_get(l->cache, out_name, P_KIND_RESULT, tag, &e);
+    if (c->out == NULL || data_range(l, data, tag, c->start, c->count, &c->data) == NULL)
+        return 0;
+    c->fd = fd;
+    c->tag = tag;
+    c->rid = rd64(q + P_OFF_Q_REQUEST_ID);
+    c->base = rd64(q + P_OFF_Q_BASE);
+    c->row = row;
+    c->policy = policy;
+    c->nparams = nparams;
+    for (uint32_t i = 0; i < nparams; i++)
+        c->params[i] = rdf64(q + P_OFF_Q_PARAMS + 8 * i);
+    serve_begin(l, fd, c->rid);
+    return 2;
+}
+
 /* Answer the request in l->req[0:n] if it is a hot-path one whose checks all
- * pass; 1 when answered (or the connection died), 0 to hand it to Python. */
+ * pass; 1 when answered (or the connection died), 2 when Python is to
+ * compute it (EV_CALL), 0 to hand the packet to Python. */
 static int handle(serve_loop *l, int fd, long tag, size_t n)
 {
     const unsigned char *q = l->req;
@@ -271,7 +322,11 @@ static int handle(serve_loop *l, int fd, long tag, size_t n)
         return 0;
     uint32_t row = rd32(q + P_OFF_Q_DETECTOR), policy = rd32(q + P_OFF_Q_NAN_POLICY);
     uint32_t nparams = rd32(q + P_OFF_Q_NPARAMS);
-    if (row >= (uint32_t)l->nrows || !l->rows[row].classic || policy > P_POLICY_RAISE)
+    if (row >= (uint32_t)l->nrows || policy > P_POLICY_RAISE)
+        return 0;
+    if (l->rows[row].kind == ROW_WHOLE && op == P_OP_DETECT)
+        return whole_call(l, fd, tag, row, policy, nparams);
+    if (l->rows[row].kind != ROW_CLASSIC)
         return 0;
     char data[P_NAME_SIZE], out_name[P_NAME_SIZE];
     if (name_field(q + P_OFF_Q_DATA_NAME, data) != 0)
@@ -284,7 +339,7 @@ static int handle(serve_loop *l, int fd, long tag, size_t n)
         if (nparams > 1 || (nparams == 1 && !isnan(rdf64(q + P_OFF_Q_PARAMS)) &&
                             !(isfinite(rdf64(q + P_OFF_Q_PARAMS)) && rdf64(q + P_OFF_Q_PARAMS) >= 0)))
             return 0;
-        const double *x = data_range(l, data, tag, start, count);
+        const double *x = data_range(l, data, tag, start, count, NULL);
         kstats s;
         if (x == NULL || kernel_stats(x, count, &s) != 0)
             return 0;
@@ -299,7 +354,7 @@ static int handle(serve_loop *l, int fd, long tag, size_t n)
     mapping *out = cache_get(l->cache, out_name, P_KIND_RESULT, tag, &e);
     if (out == NULL)
         return 0;
-    const double *x = data_range(l, data, tag, start, count);
+    const double *x = data_range(l, data, tag, start, count, NULL);
     if (x == NULL)
         return 0;
     double mean, cut;
@@ -408,6 +463,11 @@ int serve_run(serve_loop *l)
             int h = handle(l, fd, tag, (size_t)got);
             if (h == 1)
                 continue;
+            if (h == 2) {
+                ev = EV_CALL;
+                found = 1;
+                break;
+            }
             if (h < 0) {
                 serve_remove(l, fd);
                 cache_conn_closed(l->cache, tag);

@@ -8,17 +8,30 @@
 
 #include "cache.h"
 
+enum { ROW_PYTHON, ROW_CLASSIC, ROW_WHOLE };
+
 typedef struct {
-    int classic;          /* 1: the built-in classic detector, served natively */
-    double threshold;     /* its default threshold */
+    int kind;             /* ROW_CLASSIC: served natively; ROW_WHOLE: a Python function
+                             whose checked DETECTs come back as EV_CALL; ROW_PYTHON: other */
+    double threshold;     /* the classic detector's default threshold */
 } serve_row;
+
+/* A checked DETECT of a ROW_WHOLE row, for Python to compute (EV_CALL). */
+typedef struct {
+    int fd;
+    long tag;
+    uint64_t rid, start, count, base;
+    uint32_t row, policy, nparams;
+    double params[8];
+    mapping *data, *out;
+} serve_call;
 
 typedef struct {
     int fd;
     long tag;
 } serve_conn;
 
-enum { EV_NONE, EV_CTRL, EV_REQUEST, EV_CLOSED, EV_ERROR };
+enum { EV_NONE, EV_CTRL, EV_REQUEST, EV_CLOSED, EV_ERROR, EV_CALL };
 
 typedef struct serve_loop {
     int ctrl;
@@ -43,6 +56,7 @@ typedef struct serve_loop {
     long ev_tag;
     size_t ev_len;
     int ev_errno;
+    serve_call call;      /* EV_CALL: the request, its mappings pinned by the caller */
 } serve_loop;
 
 int serve_init(serve_loop *l, int ctrl, cache *c, size_t max_request);
@@ -58,6 +72,10 @@ void serve_begin(serve_loop *l, int fd, uint64_t rid);
  * connection is unusable.  If the watchdog has already answered, never
  * returns (the process is exiting). */
 int serve_reply(serve_loop *l, int fd, const void *buf, size_t len);
+/* Answer an EV_CALL with its indices idx[0:n] (ascending, in [0, count)):
+ * write them plus base to the result mapping if they fit, set its header,
+ * reply OK or TOO_SMALL.  0, or -1 (errno) when the connection is unusable. */
+int serve_finish(serve_loop *l, const serve_call *call, const int64_t *idx, size_t n);
 /* Start the thread that ends the process when its supervisor's control
  * socket closes, and enforces l->timeout. */
 int serve_start_watchdog(serve_loop *l);
