@@ -33,7 +33,7 @@ import numpy as np
 
 from . import layout as L
 from ._backend.native import native
-from ._backend.segment import Segment
+from ._backend.segment import Segment, new_name
 from .errors import DetectTimeout, ProtocolError, ResultTooSmall, ShmpoolError, WorkerDied, from_status
 
 LANE_INPUT = 1 << 16       # elements of each lane's own input segment
@@ -236,7 +236,84 @@ class Token:
     __slots__ = ("__weakref__", "staged")
 
     def __init__(self):
-        self.staged = False          # it holds a staging segment of the pool's
+        self.staged = False          # it holds a Staging segment
+
+
+class Staging:
+    """Large input segments, reused by the calls that copy their input in.
+
+    A new segment per call costs more than the copy it holds: the pages
+    fault in on the host and again in every worker, and each worker maps a
+    new name.  A call holds a segment while its token lives (as with lanes),
+    so an interrupted call can never hand its segment to another call
+    mid-copy; ``release`` gives it back at once.  At most ``kept`` free
+    segments stay; the rest are destroyed.
+    """
+
+    def __init__(self, owned: set[str], kept: int = 4):
+        self.owned, self.kept = owned, kept       # owned: the owner's names to unlink at close
+        self.mutex = threading.Lock()
+        self.held: list[list] = []     # [segment, weakref to the holding token or None]
+
+    def take(self, token: Token, n: int) -> Segment:
+        """The smallest free segment holding n values (at most twice n), else a new one."""
+        ref = weakref.ref(token)
+        token.staged = True
+        with self.mutex:
+            best = None
+            for entry in self.held:
+                cap = entry[0].capacity
+                if _unheld(entry) and n <= cap <= 2 * n and (best is None or cap < best[0].capacity):
+                    best = entry
+            if best is not None:
+                best[1] = ref
+                return best[0]
+        segment = owned_segment(self.owned, -(-n // LANE_INPUT) * LANE_INPUT, L.KIND_DATA)
+        with self.mutex:
+            self.held.append([segment, ref])
+            free = [e for e in self.held if _unheld(e)]
+            drop = free[:max(0, len(free) - self.kept)]
+            for e in drop:
+                self.held.remove(e)
+        for e in drop:
+            destroy_owned(self.owned, e[0])
+        return segment
+
+    def release(self, token: Token) -> None:
+        with self.mutex:
+            for entry in self.held:
+                if entry[1] is not None and entry[1]() is token:
+                    entry[1] = None
+
+    def segments(self) -> list[Segment]:
+        with self.mutex:
+            return [entry[0] for entry in self.held]
+
+    def clear(self) -> None:
+        """Destroy every segment (the owner is closing; live calls have ended)."""
+        with self.mutex:
+            held, self.held = self.held, []
+        for entry in held:
+            destroy_owned(self.owned, entry[0])
+
+
+def _unheld(entry: list) -> bool:
+    return entry[1] is None or entry[1]() is None
+
+
+def owned_segment(owned: set[str], capacity: int, kind: int) -> Segment:
+    """A new segment whose name is in *owned* before it exists, so that
+    whatever interrupts the creation, the owner's close unlinks it."""
+    name = new_name()
+    owned.add(name)
+    return Segment.create(capacity, kind, name)
+
+
+def destroy_owned(owned: set[str], segment: Segment) -> None:
+    """Unlink a segment of *owned*; workers unmap it within a second."""
+    segment.unlink()
+    segment.close()
+    owned.discard(segment.name)
 
 
 class Lanes:

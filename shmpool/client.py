@@ -29,6 +29,7 @@ from ._host import (
     LaneBroken,
     Lanes,
     LaneTimeout,
+    Staging,
     Token,
     deadline_of,
     gather,
@@ -78,12 +79,14 @@ class Client:
     """
 
     _lanes: Lanes = None  # type: ignore[assignment]   # None only while half-built
+    _staging: Staging | None = None
 
     def __init__(self, socket_path: str | None = None, timeout: float | None = 30.0):
         self.path = socket_path or default_socket_path()
         self.timeout = timeout
         deadline_of(timeout)                      # checks it
         self._dial_lock = threading.Lock()
+        self._staging = Staging(set())
         self._lanes = Lanes([])
         self._raw = threading.Lock()
         lane, info = self._dial()
@@ -129,6 +132,8 @@ class Client:
                     lane.close()
         finally:
             self._lanes.release(token)
+            if token.staged:
+                self._staging.release(token)  # type: ignore[union-attr]
 
     # -- calls --------------------------------------------------------------------
 
@@ -212,8 +217,8 @@ class Client:
                 for lane in lanes:
                     self._segments(lane)
                 if k == 1:
-                    return self._whole(lanes[0], x, row, nan_policy, params, deadline)
-                return self._split(lanes, x, row, nan_policy, params, deadline)
+                    return self._whole(token, lanes[0], x, row, nan_policy, params, deadline)
+                return self._split(token, lanes, x, row, nan_policy, params, deadline)
             except LaneTimeout as e:
                 broken = e.lane
                 raise DetectTimeout(f"no reply within {self.timeout} s; the connection was "
@@ -228,38 +233,33 @@ class Client:
                 self._settle(token, broken)
         raise AssertionError("unreachable")
 
-    def _whole(self, lane: Lane, x: np.ndarray, row: int, policy: int, params, deadline):
+    def _whole(self, token: Token, lane: Lane, x: np.ndarray, row: int, policy: int, params,
+               deadline):
         n = len(x)
         own = n <= lane.data.capacity
-        data = lane.data if own else Segment.create(n, L.KIND_DATA)
-        try:
-            if not own:
-                data.region()[:n] = x
-                data.set_count(n)
-            for _ in range(3):
-                count, needed = run_whole(lane, data.name, 0, n, lane.result, row, policy,
-                                          params, deadline, x if own else None)
-                if count == needed:
-                    return lane.result.region()[:count].copy()
-                self._grow(lane, needed)
-            raise ServerUnavailable("the answer kept outgrowing its result segment")
-        finally:
-            if not own:
-                data.close()
-                data.unlink()
+        if own:
+            data = lane.data
+        else:
+            data = self._staging.take(token, n)  # type: ignore[union-attr]
+            data.region()[:n] = x
+            data.set_count(n)
+        for _ in range(3):
+            count, needed = run_whole(lane, data.name, 0, n, lane.result, row, policy,
+                                      params, deadline, x if own else None)
+            if count == needed:
+                return lane.result.region()[:count].copy()
+            self._grow(lane, needed)
+        raise ServerUnavailable("the answer kept outgrowing its result segment")
 
-    def _split(self, lanes: list[Lane], x: np.ndarray, row: int, policy: int, params, deadline):
+    def _split(self, token: Token, lanes: list[Lane], x: np.ndarray, row: int, policy: int,
+               params, deadline):
         n = len(x)
-        staging = Segment.create(n, L.KIND_DATA)
-        try:
-            staging.set_count(n)
-            region = staging.region()
-            parts = run_split(lanes, staging.name, 0, n, row, policy, params, deadline,
-                              self._grow, lambda i, a, b: np.copyto(region[a:b], x[a:b]))
-            return gather(parts, None)
-        finally:
-            staging.close()
-            staging.unlink()
+        staging = self._staging.take(token, n)  # type: ignore[union-attr]
+        staging.set_count(n)
+        region = staging.region()
+        parts = run_split(lanes, staging.name, 0, n, row, policy, params, deadline,
+                          self._grow, lambda i, a, b: np.copyto(region[a:b], x[a:b]))
+        return gather(parts, None)
 
     def _grow(self, lane: Lane, needed: int) -> None:
         old = lane.result
@@ -275,6 +275,8 @@ class Client:
             return
         for lane in lanes.close():
             lane.close()
+        if self._staging is not None:
+            self._staging.clear()
 
     def __enter__(self):
         return self

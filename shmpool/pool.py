@@ -55,10 +55,13 @@ from ._host import (
     LaneBroken,
     Lanes,
     LaneTimeout,
+    Staging,
     Token,
     deadline_of,
+    destroy_owned,
     died,
     gather,
+    owned_segment,
     run_split,
     run_whole,
     too_small_message,
@@ -123,9 +126,9 @@ class Pool(CallForms):
         self.start_method = method
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()                 # worker (re)starts
-        self._staging: list[_Staged] = []             # large input segments, reused
-        self._shared: dict[int, tuple[int, Segment]] = {}   # address -> (end, segment of empty())
         self._owned: set[str] = set()                 # every segment name this pool must unlink
+        self._staging = Staging(self._owned, STAGING_KEPT)
+        self._shared: dict[int, tuple[int, Segment]] = {}   # address -> (end, segment of empty())
         self._rows: list[L.DetectorRow] = []
         self._lanes = Lanes([])
         self._workers = Workers(workers, {
@@ -236,9 +239,7 @@ class Pool(CallForms):
             lane.close()
         with self._lock:
             shared, self._shared = list(self._shared.values()), {}
-            staging, self._staging = self._staging, []
-        for st in staging:
-            self._destroy(st.segment)
+        self._staging.clear()
         for _end, segment in shared:
             self._destroy(segment)        # live arrays keep their mapping, not the name
         self._stop_executor()
@@ -344,10 +345,7 @@ class Pool(CallForms):
                 if lane.pending or lane.doomed:
                     self._retire(lane)
                     lane.doomed = False
-            with self._lock:
-                for st in self._staging:
-                    if st.holder is not None and st.holder() is token:
-                        st.holder = None
+            self._staging.release(token)
         finally:
             self._lanes.release(token)
 
@@ -436,15 +434,10 @@ class Pool(CallForms):
     # -- segments -----------------------------------------------------------------
 
     def _new_segment(self, capacity: int, kind: int) -> Segment:
-        name = seg_mod.new_name()
-        self._owned.add(name)             # first: whatever interrupts create, close unlinks it
-        return Segment.create(capacity, kind, name)
+        return owned_segment(self._owned, capacity, kind)
 
     def _destroy(self, segment: Segment) -> None:
-        """Unlink a segment of the pool's; workers unmap it within a second."""
-        segment.unlink()
-        segment.close()
-        self._owned.discard(segment.name)
+        destroy_owned(self._owned, segment)
 
     def _grow(self, lane: Lane, needed: int) -> None:
         old = lane.result
@@ -476,7 +469,7 @@ class Pool(CallForms):
                 return lane.data.name, 0, x
             segment = lane.data
         else:
-            segment = self._take_staging(token, n)
+            segment = self._staging.take(token, n)
         np.copyto(segment.region()[:n], x, casting="unsafe")
         segment.set_count(n)
         return segment.name, 0, None
@@ -486,7 +479,7 @@ class Pool(CallForms):
         if shared is not None:
             return shared[0], shared[1], None
         n = len(x)
-        staging = self._take_staging(token, n)
+        staging = self._staging.take(token, n)
         staging.set_count(n)
         region = staging.region()
 
@@ -494,43 +487,6 @@ class Pool(CallForms):
             np.copyto(region[a:b], x[a:b], casting="unsafe")
 
         return staging.name, 0, place
-
-    def _take_staging(self, token: Token, n: int) -> Segment:
-        """A large input segment for one call, held (like lanes) while its token lives."""
-        ref = weakref.ref(token)
-        token.staged = True
-        with self._lock:
-            best = None
-            for st in self._staging:
-                if _free(st) and n <= st.segment.capacity <= 2 * n and (
-                        best is None or st.segment.capacity < best.segment.capacity):
-                    best = st
-            if best is not None:
-                best.holder = ref
-                return best.segment
-        segment = self._new_segment(-(-n // LANE_INPUT) * LANE_INPUT, L.KIND_DATA)
-        with self._lock:
-            self._staging.append(_Staged(segment, ref))
-            free = [st for st in self._staging if _free(st)]
-            drop = free[:max(0, len(free) - STAGING_KEPT)]
-            for st in drop:
-                self._staging.remove(st)
-        for st in drop:
-            self._destroy(st.segment)
-        return segment
-
-
-class _Staged:
-    """A large input segment and the call holding it."""
-
-    __slots__ = ("segment", "holder")
-
-    def __init__(self, segment: Segment, holder):
-        self.segment, self.holder = segment, holder
-
-
-def _free(st: _Staged) -> bool:
-    return st.holder is None or st.holder() is None
 
 
 # -- module helpers -----------------------------------------------------------------

@@ -13,11 +13,12 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import planted, worker_children
+from conftest import our_segments, planted, worker_children
 from serverutil import ServerProcess
 from shmpool import (DetectorError, DetectTimeout, NonFiniteError, ServerUnavailable,
                      UntrustedServer, WorkerDied)
 from shmpool import layout as L
+from shmpool import reference
 from shmpool._backend.segment import Segment, new_name
 from shmpool.client import Client
 
@@ -63,6 +64,30 @@ def test_parity_and_growing_result_segment(client, n):
     from test_detect import assert_matches_reference
     assert_matches_reference(client.detect(x), x)
     assert_matches_reference(client.detect(x, threshold=0.5), x, 0.5)    # many: TOO_SMALL, grow
+
+
+@pytest.mark.parametrize("n", [100_000, 600_000])      # whole on one worker; split
+def test_large_copied_in_calls_reuse_one_input_segment(server, n, monkeypatch):
+    """A new segment per call costs more than the copy (page faults on both
+    sides, a new mapping in a worker): six calls of similar size create one
+    input segment, and close() removes it."""
+    made = []
+    create = Segment.create.__func__
+
+    def counting(cls, capacity, kind, name=None):
+        if kind == L.KIND_DATA and capacity >= n - 5:
+            made.append(capacity)
+        return create(cls, capacity, kind, name)
+
+    monkeypatch.setattr(Segment, "create", classmethod(counting))
+    before = set(our_segments())
+    with Client(server.path) as c:
+        for seed in range(6):
+            x = np.random.default_rng(seed).standard_normal(n - seed)
+            assert np.array_equal(c.detect(x), reference(x))
+        assert len(made) == 1 and made[0] >= n
+        assert len(set(our_segments()) - before) > 0
+    assert set(our_segments()) - before == set()
 
 
 def test_too_small_is_reported_in_reply_and_header(client):

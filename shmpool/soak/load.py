@@ -239,7 +239,7 @@ class Load:
     def held(self) -> dict[int, dict[str, int]]:
         """pid -> the segments (and their bytes) and sockets that vary in number
         and size by design, counted from the objects that hold them.  The
-        host's: the pools' staging segments (large inputs, up to STAGING_KEPT
+        host's: the pools' and Clients' staging segments (large inputs, a few
         kept for reuse, of the sizes recent calls needed) and the lanes of the
         pools and of the load threads' Clients (a connection each, an input
         segment and a result segment grown to the largest answer since its
@@ -255,9 +255,10 @@ class Load:
                 segments += 1
                 nbytes += getattr(seg, "size", 0)
 
-        for pool in (self.pool, self.trouble):
-            for st in list(getattr(pool, "_staging", ())):
-                count(getattr(st, "segment", st))
+        for owner in (self.pool, self.trouble, *self._clients):
+            staging = getattr(owner, "_staging", None)
+            for seg in staging.segments() if staging is not None else ():
+                count(seg)
         for owner in (self.pool, self.trouble, *self._clients):
             for lane in list(getattr(getattr(owner, "_lanes", None), "all", ())):
                 count(getattr(lane, "data", None))
