@@ -63,7 +63,7 @@ def test_error_text_names_the_class_once(pool):
         pool.detect([1.0, np.nan])
     text = str(e.value)
     assert text.startswith("input holds 1 non-finite") and "NonFiniteError" not in text
-    r = subprocess.run([PY, "-c", "from shmpool import Pool\nwith Pool(1) as p: p.detect([1.0, float('nan')])"],
-                       capture_output=True, text=True, timeout=120)
+    script = "from shmpool import Pool\nwith Pool(1) as p: p.detect([1.0, float('nan')])"
+    r = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=120)
     last = r.stderr.strip().splitlines()[-1]
     assert last.count("NonFiniteError") == 1, last

@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 import time
 
@@ -9,8 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import assert_detect_ok, planted
-import math
-
 from shmpool import DetectTimeout, Pool, PoolClosed
 from shmpool.layout import SPLIT_MIN
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_detect_ok, exact_answer, planted
-from shmpool import (DetectorError, NonFiniteError, Pool, ResultTooSmall,
-                     ReturnSegment, reference)
+from shmpool import DetectorError, NonFiniteError, Pool, ResultTooSmall, ReturnSegment, reference
 from shmpool._host import LANE_INPUT
 from shmpool.layout import SPLIT_MIN
 

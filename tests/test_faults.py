@@ -5,7 +5,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 
 from conftest import START_METHODS, our_segments, planted
-from shmpool import DetectorError, DetectTimeout, Pool, WorkerDied
+from shmpool import DetectorError, DetectTimeout, Pool, PoolClosed, WorkerDied
 from shmpool._backend import launch
 
 # (detector that dies, words the error must contain): the ways to die
@@ -132,7 +131,7 @@ def test_a_dead_zygote_neither_hides_nor_spares_a_stuck_worker():
         t0 = time.monotonic()
         p.close(timeout=0.2)
         assert time.monotonic() - t0 < 5
-        with pytest.raises(Exception):
+        with pytest.raises(PoolClosed, match="closed while the call ran"):
             fut.result(timeout=5)
     assert psutil.wait_procs([psutil.Process(again)], timeout=2)[1] == [] \
         if psutil.pid_exists(again) else True

@@ -2,7 +2,6 @@
 killed mid-call, a worker that must stay inside its result region, and
 fuzzed messages and headers."""
 
-import math
 import os
 import socket
 import struct

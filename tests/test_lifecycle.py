@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from conftest import our_segments, planted, worker_children
-from shmpool import BrokenPool, Pool, PoolClosed, ReturnSegment
+from shmpool import Pool, PoolClosed, ReturnSegment
 from shmpool import layout as L
 from shmpool._backend.segment import Segment, owner, reap_orphans
 

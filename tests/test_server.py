@@ -15,10 +15,16 @@ import pytest
 
 from conftest import our_segments, planted, worker_children
 from serverutil import ServerProcess
-from shmpool import (DetectorError, DetectTimeout, NonFiniteError, ServerUnavailable,
-                     UntrustedServer, WorkerDied)
+from shmpool import (
+    DetectorError,
+    DetectTimeout,
+    NonFiniteError,
+    ServerUnavailable,
+    UntrustedServer,
+    WorkerDied,
+    reference,
+)
 from shmpool import layout as L
-from shmpool import reference
 from shmpool._backend.segment import Segment, new_name
 from shmpool.client import Client
 
@@ -539,7 +545,7 @@ def test_fresh_segments_by_one_host_fail_no_call_of_others(server):
     with Client(server.path) as c:
         [(_, worker_pid)] = lane_workers(c, 1)
         lane = c._lanes.all[0]
-        for i in range(6000):
+        for _ in range(6000):
             with Segment.create(8, L.KIND_DATA) as d, Segment.create(8, L.KIND_RESULT) as o:
                 d.set_count(8)
                 lane.rid += 1

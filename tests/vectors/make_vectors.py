@@ -38,8 +38,14 @@ from shmpool import detectors
 from shmpool import layout as L
 
 D = "shmpool-1234-0a1b2c3d-00112233aabbccdd"
-O = "shmpool-1234-0a1b2c3d-ffeeddccbbaa9988"
+OUT = "shmpool-1234-0a1b2c3d-ffeeddccbbaa9988"
 M64 = (1 << 64) - 1
+
+
+def call(n, seed, every, nan_at, lanes, threshold, policy):
+    """One call vector's fields (tests/test_layout.py and the adapters read them by name)."""
+    return dict(n=n, seed=seed, every=every, nan_at=nan_at, lanes=lanes, threshold=threshold,
+                policy=policy)
 
 
 def fmt(fields):
@@ -93,12 +99,12 @@ def main():
     nan = math.nan
     requests = {
         "detect": dict(op=L.Op.DETECT, request_id=42, start=0, count=1000, base=0, detector=0,
-                       nan_policy=0, params=(2.0,), data_name=D, out_name=O, values=()),
+                       nan_policy=0, params=(2.0,), data_name=D, out_name=OUT, values=()),
         "detect_k3_raise": dict(op=L.Op.DETECT, request_id=18446744073709551615, start=8,
                                 count=992, base=0, detector=0, nan_policy=3, params=(3.0,),
-                                data_name=D, out_name=O, values=()),
+                                data_name=D, out_name=OUT, values=()),
         "detect_defaults": dict(op=L.Op.DETECT, request_id=1, start=0, count=0, base=0,
-                                detector=1, nan_policy=2, params=(), data_name=D, out_name=O,
+                                detector=1, nan_policy=2, params=(), data_name=D, out_name=OUT,
                                 values=()),
         "ping": dict(op=L.Op.PING, request_id=7, start=0, count=0, base=0, detector=0,
                      nan_policy=0, params=(), data_name="", out_name="", values=()),
@@ -111,7 +117,7 @@ def main():
                         nan_policy=0, params=(2.5,), data_name="", out_name="",
                         values=(100.0, 0.5, 8.25, 0.0, -1.0, 100.0, 0.75, 9.0, 0.0, -1.0)),
         "flag": dict(op=L.Op.FLAG, request_id=11, start=1000, count=500, base=1000, detector=0,
-                     nan_policy=0, params=(0.625, 0.75), data_name=D, out_name=O, values=()),
+                     nan_policy=0, params=(0.625, 0.75), data_name=D, out_name=OUT, values=()),
     }
     good = {}
     for case, f in requests.items():
@@ -184,12 +190,12 @@ def main():
         lines.append(f"split n{n}_lanes{lanes} n={n} lanes={lanes} k={k} bounds={bounds}")
 
     calls = [
-        ("planted_whole", dict(n=1000, seed=1, every=1000, nan_at=-1, lanes=2, threshold=2.0, policy=0)),
-        ("planted_split", dict(n=300_000, seed=2, every=1000, nan_at=-1, lanes=2, threshold=2.0, policy=0)),
-        ("uniform_split_k1_5", dict(n=1_000_000, seed=3, every=0, nan_at=-1, lanes=2, threshold=1.5, policy=0)),
-        ("uniform_split_3_lanes", dict(n=1_000_003, seed=4, every=0, nan_at=-1, lanes=3, threshold=1.6, policy=0)),
-        ("nan_raise_split", dict(n=300_000, seed=5, every=1000, nan_at=200_001, lanes=2, threshold=2.0, policy=3)),
-        ("nan_omit_split", dict(n=300_000, seed=5, every=1000, nan_at=200_001, lanes=2, threshold=2.0, policy=2)),
+        ("planted_whole", call(1000, 1, 1000, -1, 2, 2.0, 0)),
+        ("planted_split", call(300_000, 2, 1000, -1, 2, 2.0, 0)),
+        ("uniform_split_k1_5", call(1_000_000, 3, 0, -1, 2, 1.5, 0)),
+        ("uniform_split_3_lanes", call(1_000_003, 4, 0, -1, 3, 1.6, 0)),
+        ("nan_raise_split", call(300_000, 5, 1000, 200_001, 2, 2.0, 3)),
+        ("nan_omit_split", call(300_000, 5, 1000, 200_001, 2, 2.0, 2)),
     ]
     classic = detectors.Classic()
     for case, f in calls:
