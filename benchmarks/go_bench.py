@@ -2,10 +2,13 @@
 
 The Go program (benchmarks/go/main.go) reads the same data the Python half
 timed (a raw float64 file per size), checks every method's answer against
-numpy's before timing it, and writes per-call latencies as JSON, read here.
-Anything that goes wrong (no Go toolchain, a failed build, a server that does
-not start) makes the Go rows unavailable with the reason; it never stops the
-Python half.
+numpy's before timing it, and writes per-call latencies as JSON, read here;
+asked to, it also measures calls/s of one Client shared by 1 and 4
+goroutines.  The server runs two detector rows: ``classic`` (the default)
+and ``benchmarks.detectors:numpy_oneliner`` (numpy's one-liner as a plain
+function, run whole on one worker).  Anything that goes wrong (no Go
+toolchain, a failed build, a server that does not start) makes the Go rows
+unavailable with the reason; it never stops the Python half.
 """
 
 from __future__ import annotations
@@ -22,20 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from . import procs
+from .detectors import NUMPY_ONELINER
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 
 METHODS = [
-    ("go_shmpool", "Go: shmpool adapter Detect (copy-in)",
-     "Go host adapter client.Detect(x): copies x into the client's reused segment; "
-     "`shmpool serve --workers <cores>` behind its SEQPACKET socket"),
-    ("go_shmpool_buffer", "Go: shmpool adapter DetectBuffer (zero-copy)",
-     "Go host adapter client.DetectBuffer(b) on a shmpool Buffer already holding x "
-     "(filled untimed)"),
+    ("go_shmpool", "Go: shmpool Detect (copy-in)",
+     "Go host adapter client.Detect(x) against `shmpool serve --workers <cores>`: copies x into "
+     "the lane's reused segment, one request straight to a worker; from 2^18 values split over the "
+     "workers (copying chunk i while worker i-1 already summarizes)"),
+    ("go_shmpool_buffer", "Go: shmpool DetectBuffer (zero-copy)",
+     "Go host adapter client.DetectBuffer(b) on a shmpool Buffer already holding x (filled untimed)"),
+    ("go_numpy_detector", "Go: shmpool, numpy one-liner as module:function",
+     f"client.DetectWith(x, Options{{Detector: \"{NUMPY_ONELINER}\"}}): the same server's second row, "
+     "numpy's one-liner as a plain Python function in the worker, run whole on one worker (copy-in)"),
     ("go_grpc", "Go: gRPC -> Python service",
      "grpc-go client (raw-bytes encoding.Codec, no protobuf) calling the same Python gRPC "
      "service over its Unix socket; x sent as a byte view (no copy), reply decoded to []int"),
 ]
+
+SERVE_DETECTORS = ["classic", NUMPY_ONELINER]
 
 
 def _tail(text: str, lines: int = 12) -> str:
@@ -43,21 +52,31 @@ def _tail(text: str, lines: int = 12) -> str:
 
 
 class Serve:
-    """`shmpool serve --socket <tmpdir>/shmpool.sock --workers <cores>` in its own process."""
+    """`shmpool serve --socket <tmpdir>/<name>.sock --workers <cores> --detector ...` in its own process."""
 
-    def __init__(self, tmpdir: str, cores: int):
+    def __init__(self, tmpdir: str, cores: int, detectors=tuple(SERVE_DETECTORS), name: str = "shmpool"):
         self.cores = cores
-        self.socket = os.path.join(tmpdir, "shmpool.sock")
-        self.log = os.path.join(tmpdir, "shmpool-serve.log")
+        self.detectors = list(detectors)
+        self.socket = os.path.join(tmpdir, f"{name}.sock")
+        self.log = os.path.join(tmpdir, f"{name}-serve.log")
         self.server = None
         self.available = False
         self.reason = "not started"
 
+    @property
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "shmpool", "serve", "--socket", self.socket,
+                "--workers", str(self.cores)]
+        for d in self.detectors:
+            argv += ["--detector", d]
+        return argv
+
     def start(self) -> None:
         """Start the server and wait for it to answer a PING; sets available/reason."""
+        if self.server is not None:
+            return
         from shmpool.client import Client
-        self.server = procs.spawn([sys.executable, "-m", "shmpool", "serve", "--socket", self.socket,
-                                   "--workers", str(self.cores)], self.log)
+        self.server = procs.spawn(self.argv, self.log)
         end = time.monotonic() + 60
         while True:
             if self.server.poll() is not None:
@@ -121,57 +140,75 @@ class GoRunner:
 
     # -- one size ---------------------------------------------------------------------
 
-    def run_size(self, n: int, x: np.ndarray, ref: np.ndarray, mean: float, cut: float, scale: float,
-                 warmup: int, rounds: int, calls: int, budget_s: float, grpc_socket: str | None,
-                 timeout: float, ping_calls: int = 0) -> tuple[dict, list[str], list[int]]:
-        """Returns ({method key: result dict from Go}, [errors], [ping latencies in ns])."""
-        data = os.path.join(self.tmpdir, f"x-{n}.f64")
-        reff = os.path.join(self.tmpdir, f"ref-{n}.i64")
-        planf = os.path.join(self.tmpdir, f"plan-{n}.json")
-        outf = os.path.join(self.tmpdir, f"go-{n}.json")
-        errlog = os.path.join(self.tmpdir, f"go-{n}.log")
+    def run(self, plan: dict, tag: str, timeout: float) -> tuple[dict | None, list[str]]:
+        """Run the Go program on *plan* (sockets filled in here); (its output, [errors])."""
+        plan = dict(plan, shmpool_socket=self.serve.socket, numpy_detector=NUMPY_ONELINER,
+                    grpc_method="/shmpool.bench.Detector/Detect")
+        return run_program([self.binary], plan, self.tmpdir, f"go-{tag}", timeout, "the Go program")
+
+
+def run_program(argv: list[str], plan: dict, tmpdir: str, tag: str, timeout: float, what: str,
+                env: dict | None = None) -> tuple[dict | None, list[str]]:
+    """Write *plan*, run ``argv -plan PLAN -out OUT``, read OUT: (its output, [errors])."""
+    planf = os.path.join(tmpdir, f"plan-{tag}.json")
+    outf = os.path.join(tmpdir, f"out-{tag}.json")
+    errlog = os.path.join(tmpdir, f"{tag}.log")
+    try:
+        with open(planf, "w") as f:
+            json.dump(plan, f)
+        with open(errlog, "wb") as log:
+            proc = subprocess.Popen([*argv, "-plan", planf, "-out", outf], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            x.astype("<f8", copy=False).tofile(data)
-            ref.astype("<i8", copy=False).tofile(reff)
-            plan = {
-                "shmpool_socket": self.serve.socket,
-                "grpc_target": f"unix://{os.path.abspath(grpc_socket)}" if grpc_socket else "",
-                "grpc_method": "/shmpool.bench.Detector/Detect",
-                "methods": [k for k, _, _ in METHODS],
-                "ping_calls": ping_calls,
-                "sizes": [{"n": n, "data_file": data, "ref_file": reff, "mean": mean, "cut": cut,
-                           "scale": scale, "warmup": warmup, "rounds": rounds, "calls": calls,
-                           "budget_s": budget_s}],
-            }
-            with open(planf, "w") as f:
-                json.dump(plan, f)
-            with open(errlog, "wb") as log:
-                proc = subprocess.Popen([self.binary, "-plan", planf, "-out", outf],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None, [f"{what} took longer than {timeout:.0f} s ({tag}) and was killed"]
+        finally:
+            if proc.poll() is None:          # KeyboardInterrupt while waiting
                 proc.kill()
                 proc.wait()
-                return {}, [f"the Go program took longer than {timeout:.0f} s at n={n} and was killed"], []
-            finally:
-                if proc.poll() is None:          # KeyboardInterrupt while waiting
-                    proc.kill()
-                    proc.wait()
-                _unlink_segments_of(proc.pid)
-            if proc.returncode != 0:
-                return {}, [f"the Go program exited with code {proc.returncode} at n={n}: "
-                            + procs.log_tail(errlog)], []
-            with open(outf) as f:
-                out = json.load(f)
-            return ({r["method"]: r for r in out["results"] if r["n"] == n}, list(out.get("errors", [])),
-                    list(out.get("ping_ns") or []))
-        finally:
-            for p in (data, reff, planf, outf, errlog):
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
+            _unlink_segments_of(proc.pid)
+        if proc.returncode != 0:
+            return None, [f"{what} exited with code {proc.returncode} ({tag}): " + procs.log_tail(errlog)]
+        with open(outf) as f:
+            out = json.load(f)
+        return out, list(out.get("errors") or [])
+    finally:
+        for p in (planf, outf, errlog):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+class DataFiles:
+    """One size's input and numpy's answer as raw files, for the Go programs."""
+
+    def __init__(self, tmpdir: str, n: int, x: np.ndarray, ref: np.ndarray, mean: float, cut: float,
+                 scale: float):
+        self.n = n
+        self.data = os.path.join(tmpdir, f"x-{n}.f64")
+        self.ref = os.path.join(tmpdir, f"ref-{n}.i64")
+        x.astype("<f8", copy=False).tofile(self.data)
+        ref.astype("<i8", copy=False).tofile(self.ref)
+        self.mean, self.cut, self.scale = mean, cut, scale
+
+    def size_plan(self, warmup: int, rounds: int, calls: int, budget_s: float) -> dict:
+        return {"n": self.n, "data_file": self.data, "ref_file": self.ref, "mean": self.mean, "cut": self.cut,
+                "scale": self.scale, "warmup": warmup, "rounds": rounds, "calls": calls, "budget_s": budget_s}
+
+    def conc_plan(self, goroutines: list[int], rounds: int, seconds: float) -> dict:
+        return {"n": self.n, "data_file": self.data, "ref_file": self.ref, "goroutines": goroutines,
+                "rounds": rounds, "seconds": seconds}
+
+    def remove(self) -> None:
+        for p in (self.data, self.ref):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
 
 def _unlink_segments_of(pid: int) -> None:

@@ -64,10 +64,11 @@ class Client:
             except grpc.FutureTimeoutError:
                 if proc is not None and proc.poll() is not None:
                     self.close()
-                    raise RuntimeError(f"the gRPC server exited with code {proc.returncode}")
+                    raise RuntimeError(f"the gRPC server exited with code {proc.returncode}") from None
                 if time.monotonic() > end:
                     self.close()
-                    raise RuntimeError(f"the gRPC server did not answer within {ready_timeout:.0f} s")
+                    raise RuntimeError(
+                        f"the gRPC server did not answer within {ready_timeout:.0f} s") from None
         self._call = self.channel.unary_unary(FULL_METHOD)   # no serializers: bytes
 
     def detect(self, x: np.ndarray) -> np.ndarray:

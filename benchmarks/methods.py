@@ -1,9 +1,15 @@
-"""The ways to run the classic detector that the benchmark times in Python.
+"""The ways to run a detector that the benchmark times in Python.
 
 Each method is started once (warm pools, a running server), then for every
 size ``prepare(x)`` gives the argument of ``call`` (for the zero-copy path: a
 ``pool.empty`` array holding x), and ``call`` runs one detection and returns
 the indices.  ``stop`` releases everything the method started.
+
+``answer`` names the rule a method's indices are checked against before it is
+timed: "classic" (numpy's one-liner, threshold 2) for all but the plug-in
+rows, which run benchmarks.detectors' z-score detector ("zscore", threshold
+3).  ``verify(arg, got)`` may check more (the split plug-in row: equal to the
+whole one).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 
 import numpy as np
 
+from . import detectors as D
 from . import procs
 from . import workers as W
 
@@ -26,8 +33,9 @@ from . import workers as W
 class Method:
     key = ""
     label = ""
-    group = "python"         # "python", "diagnostic" (or "go", see run.py)
+    group = "python"         # "python", "plugin", "diagnostic" (or "go", "embed", see run.py)
     how = ""                 # one line for the report: what exactly is timed
+    answer = "classic"       # the rule the answer is checked against (run.py: CHECKS)
 
     def __init__(self):
         self.available = True
@@ -44,6 +52,9 @@ class Method:
 
     def release(self, arg) -> None:
         pass
+
+    def verify(self, arg, got) -> None:
+        """Further checks of a correct answer before timing; raise workers.Mismatch."""
 
     def stop(self) -> None:
         pass
@@ -72,7 +83,7 @@ class Kernel(Method):
 
 def _split_note(cores: int) -> str:
     return (f"below 2^18 values: one task running the one-liner; from 2^18: {cores} chunks, "
-            f"two rounds (stats, combine, threshold) with shmpool's chunk kernels")
+            f"two rounds (stats, merge, flag) with shmpool's chunk kernels")
 
 
 class MpPool(Method):
@@ -174,10 +185,10 @@ class Joblib(Method):
                 ex = reusable_executor._executor
                 if ex is not None:
                     ex.shutdown(wait=True, kill_workers=True)
-                # joblib's resource tracker removes its memmap folders a moment later; wait for
-                # that, then remove what is still there (the folders are named after our pid)
+                # joblib's resource tracker removes its memmap folders a moment later; wait a
+                # little for that, then remove what is still there (named after our pid)
                 pattern = f"/dev/shm/joblib_memmapping_folder_{os.getpid()}_*"
-                end = time.monotonic() + 5.0
+                end = time.monotonic() + 1.5
                 while glob.glob(pattern) and time.monotonic() < end:
                     time.sleep(0.1)
                 for path in glob.glob(pattern):
@@ -206,7 +217,7 @@ class Grpc(Method):
                                    "--threads", str(self.cores)], self.log)
         try:
             self.client = grpc_service.Client(self.socket, ready_timeout=60.0, proc=self.server)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported with the server's log
             tail = procs.log_tail(self.log)
             raise RuntimeError(f"{e}{': ' + tail if tail else ''}") from None
 
@@ -265,8 +276,9 @@ class ServeClient(Method):
     label = "shmpool serve, Python client (diagnostic)"
     group = "diagnostic"
     how = ("shmpool.client.Client(socket).detect(x) against the same `shmpool serve` the Go host uses: "
-           "copies x into the client's segment, one request over the SEQPACKET socket; isolates the "
-           "server hop from the Go adapter")
+           "copies x into the client's lane segment, one request straight to the worker the server "
+           "handed the connection to (split over the workers from 2^18 values); the Python side of "
+           "what the Go adapter does")
 
     def __init__(self, serve):
         super().__init__()
@@ -330,17 +342,67 @@ class Ray(Method):
             self.ray.shutdown()
 
 
-class PoolHolder:
-    """One shmpool.Pool shared by the copy-in and zero-copy methods."""
+class PluginSplit(Method):
+    key = "plugin_split"
+    label = "plug-in SplitDetector, split over the workers"
+    group = "plugin"
+    answer = "zscore"
 
-    def __init__(self, cores: int):
+    def __init__(self, holder):
+        super().__init__()
+        self.holder = holder
+        self.how = (f"Pool(detector=[\"{D.ZSCORE_SPLIT}\", \"{D.ZSCORE_WHOLE}\"], threshold=3.0)"
+                    f".detect(buf) on pool.empty() data: a user's SplitDetector (z-score from its own "
+                    f"(n, mean, M2, min, max) summary), split over the workers from 2^18 values like the "
+                    f"classic one; its answer must equal numpy's rule and the whole-array row's before "
+                    f"timing")
+
+    def start(self):
+        self.holder.get()
+
+    def prepare(self, x):
+        buf = self.holder.pool.empty(len(x))
+        buf[:] = x
+        return buf
+
+    def call(self, buf):
+        return self.holder.pool.detect(buf, detector=D.ZSCORE_SPLIT)
+
+    def verify(self, buf, got):
+        whole = self.holder.pool.detect(buf, detector=D.ZSCORE_WHOLE)
+        if not np.array_equal(got, whole):
+            raise W.Mismatch(f"the split answer ({len(got)} indices) differs from the same detector "
+                             f"run whole ({len(whole)} indices)")
+
+
+class PluginWhole(PluginSplit):
+    key = "plugin_whole"
+    label = "plug-in as a plain function, whole on one worker"
+
+    def __init__(self, holder):
+        super().__init__(holder)
+        self.how = (f"the same pool, detector=\"{D.ZSCORE_WHOLE}\": the same detector as a plain function "
+                    f"(its detect() of the whole array), which shmpool runs on one worker; pool.empty() data")
+
+    def call(self, buf):
+        return self.holder.pool.detect(buf, detector=D.ZSCORE_WHOLE)
+
+    def verify(self, buf, got):
+        pass
+
+
+class PoolHolder:
+    """One shmpool.Pool shared by some methods (the classic pool, or the plug-in pool)."""
+
+    def __init__(self, cores: int, **kwargs):
         self.cores = cores
+        self.kwargs = kwargs
         self.pool = None
 
     def get(self):
         if self.pool is None:
             from shmpool import Pool
-            self.pool = Pool(workers=self.cores)
+            self.pool = Pool(workers=self.cores, **self.kwargs)
         return self.pool
 
     def close(self):

@@ -5,7 +5,7 @@ pickled (joblib: memmapped) into a worker.  Below SPLIT_MIN values one task
 runs numpy's one-liner on the whole array.  From SPLIT_MIN on, the array is
 split into one chunk per worker and detected in two rounds, as shmpool does:
 every worker computes its chunk's statistics (shmpool's own chunk_stats), the
-caller combines them, then every worker flags its chunk (chunk_threshold).
+caller merges them, then every worker flags its chunk (detectors.flag).
 So for large arrays the pools run the very kernel shmpool's workers run, and
 the comparison is of the transport alone.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmpool import detectors
-from shmpool.pool import SPLIT_MIN
+from shmpool import detectors, layout
+from shmpool.layout import SPLIT_MIN
 
 THRESHOLD = 2.0
 POLICY = "raise"
@@ -30,25 +30,26 @@ def task_detect(x: np.ndarray) -> np.ndarray:
     return one_liner(x)
 
 
-def task_stats(chunk: np.ndarray) -> tuple:
-    return tuple(detectors.chunk_stats(chunk, POLICY))
+def task_stats(chunk: np.ndarray, base: int) -> tuple:
+    return tuple(detectors.chunk_stats(chunk, POLICY, base))
 
 
 def task_threshold(chunk: np.ndarray, mean: float, cut: float, base: int) -> np.ndarray:
-    return detectors.chunk_threshold(chunk, mean, cut, base, POLICY)
+    return detectors.flag(chunk, mean, cut, base)
 
 
 def chunk_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    """shmpool's split: one chunk per worker, boundaries on multiples of 8."""
-    b = [(n * i // parts) // 8 * 8 for i in range(parts)] + [n]
-    return list(zip(b[:-1], b[1:]))
+    """shmpool's split (docs/LAYOUT.md 5): boundaries on multiples of 8."""
+    return layout.split(n, parts)
 
 
 def split_detect(x: np.ndarray, parts: int, map_stats, map_threshold) -> np.ndarray:
     """Two rounds over *parts* chunks; map_* run a task over a list of argument tuples."""
     chunks = chunk_bounds(len(x), parts)
-    stats = map_stats([(x[a:b],) for a, b in chunks])
-    total = detectors.combine([detectors.Stats(*s) for s in stats], [a for a, _ in chunks])
+    stats = map_stats([(x[a:b], a) for a, b in chunks])
+    total = detectors.Stats()
+    for s in stats:
+        total = detectors.merge(total, detectors.Stats(*s))
     lim = detectors.limits(total, THRESHOLD, POLICY)
     if lim is None:
         return np.empty(0, dtype=np.int64)

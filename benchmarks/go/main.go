@@ -3,10 +3,17 @@
 //
 // It times, from a Go host and on the same data the Python half uses:
 //
-//	go_shmpool         shmpool.Client.Detect (the adapter copies x into its segment)
+//	go_shmpool         shmpool.Client.Detect (the adapter copies x into its segment;
+//	                   split over the workers from 2^18 values)
 //	go_shmpool_buffer  shmpool.Client.DetectBuffer (x already lives in a shared Buffer)
+//	go_numpy_detector  shmpool.Client.DetectWith(x, Options{Detector: <module:function>}):
+//	                   the server's workers run numpy's one-liner as a plain
+//	                   Python function, whole, on one worker
 //	go_grpc            a gRPC unary call to the Python gRPC detector service,
 //	                   raw float64 bytes in, raw int64 bytes out (no protobuf)
+//
+// and, when the plan has a "concurrency" part, calls/s of one Client shared
+// by 1 and by 4 goroutines (Detect at one size, rounds alternating).
 //
 // The plan (a JSON file written by the Python driver) names the sockets, the
 // sizes, a raw little-endian float64 file per size, numpy's answer for that
@@ -31,6 +38,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -78,7 +86,26 @@ type sizePlan struct {
 	BudgetS  float64 `json:"budget_s"` // stop a method's rounds at this size after this much time
 }
 
+type concPlan struct {
+	N          int     `json:"n"`
+	DataFile   string  `json:"data_file"`
+	RefFile    string  `json:"ref_file"`
+	Goroutines []int   `json:"goroutines"`
+	Rounds     int     `json:"rounds"`
+	Seconds    float64 `json:"seconds"` // per goroutine count per round
+}
+
+type concResult struct {
+	Method     string  `json:"method"`
+	Goroutines int     `json:"goroutines"`
+	Calls      int64   `json:"calls"`
+	Seconds    float64 `json:"seconds"`
+	Error      string  `json:"error,omitempty"`
+}
+
 type plan struct {
+	NumpyDetector string     `json:"numpy_detector"` // the server's row running numpy's one-liner
+	Concurrency   *concPlan  `json:"concurrency"`
 	ShmpoolSocket string     `json:"shmpool_socket"`
 	GRPCTarget    string     `json:"grpc_target"`
 	GRPCMethod    string     `json:"grpc_method"`
@@ -98,11 +125,14 @@ type result struct {
 }
 
 type output struct {
-	GoVersion string   `json:"go_version"`
-	GOMAXPROC int      `json:"gomaxprocs"`
-	Results   []result `json:"results"`
-	Errors    []string `json:"errors"`
-	PingNS    []int64  `json:"ping_ns"`
+	GoVersion   string       `json:"go_version"`
+	GOMAXPROC   int          `json:"gomaxprocs"`
+	Workers     int          `json:"workers"` // the server's, from INFO
+	Detectors   []string     `json:"detectors"`
+	Results     []result     `json:"results"`
+	Concurrency []concResult `json:"concurrency"`
+	Errors      []string     `json:"errors"`
+	PingNS      []int64      `json:"ping_ns"`
 }
 
 // method is one way of calling the detector at one size.
@@ -250,6 +280,17 @@ func runSize(sp sizePlan, p plan, client *shmpool.Client, conn *grpc.ClientConn,
 			copy(b.Data(), x)
 			m.call = func() ([]int, error) { return client.DetectBuffer(b, shmpool.Options{}) }
 			m.cleanup = func() { b.Close() }
+		case "go_numpy_detector":
+			if client == nil {
+				m.res.Error = "no shmpool client"
+				break
+			}
+			if p.NumpyDetector == "" {
+				m.res.Error = "the plan names no numpy detector"
+				break
+			}
+			opt := shmpool.Options{Detector: p.NumpyDetector}
+			m.call = func() ([]int, error) { return client.DetectWith(x, opt) }
 		case "go_grpc":
 			if conn == nil {
 				m.res.Error = "no gRPC connection"
@@ -330,6 +371,93 @@ func runSize(sp sizePlan, p plan, client *shmpool.Client, conn *grpc.ClientConn,
 	}
 }
 
+// runConcurrency: one Client, shared by g goroutines calling Detect in a
+// loop for a while; every answer is compared with numpy's.
+func runConcurrency(cp *concPlan, client *shmpool.Client, out *output) {
+	x, err := readF64(cp.DataFile, cp.N)
+	if err != nil {
+		out.Errors = append(out.Errors, err.Error())
+		return
+	}
+	ref, err := readI64(cp.RefFile)
+	if err != nil {
+		out.Errors = append(out.Errors, err.Error())
+		return
+	}
+	totals := map[int]*concResult{}
+	maxG := 1
+	for _, g := range cp.Goroutines {
+		totals[g] = &concResult{Method: "go_shmpool", Goroutines: g}
+		maxG = max(maxG, g)
+	}
+	// warm-up: as many goroutines as the most, so the Client has its lanes
+	if _, _, err := concurrentCalls(client, maxG, 0.2, x, ref); err != nil {
+		out.Errors = append(out.Errors, "concurrency warm-up: "+err.Error())
+		return
+	}
+	for r := 0; r < cp.Rounds; r++ {
+		for k := range cp.Goroutines {
+			g := cp.Goroutines[(r+k)%len(cp.Goroutines)]
+			t := totals[g]
+			if t.Error != "" {
+				continue
+			}
+			runtime.GC()
+			calls, secs, err := concurrentCalls(client, g, cp.Seconds, x, ref)
+			t.Calls += calls
+			t.Seconds += secs
+			if err != nil {
+				t.Error = err.Error()
+			}
+		}
+	}
+	for _, g := range cp.Goroutines {
+		out.Concurrency = append(out.Concurrency, *totals[g])
+	}
+}
+
+func concurrentCalls(client *shmpool.Client, g int, seconds float64, x []float64, ref []int) (int64, float64, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		total int64
+		first error
+	)
+	start := make(chan struct{})
+	var t0 time.Time
+	limit := time.Duration(seconds * float64(time.Second))
+	for i := 0; i < g; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			var n int64
+			var err error
+			for time.Since(t0) < limit {
+				var got []int
+				got, err = client.Detect(x)
+				if err == nil && !slices.Equal(got, ref) {
+					err = errors.New("an answer differs from numpy's")
+				}
+				if err != nil {
+					break
+				}
+				n++
+			}
+			mu.Lock()
+			total += n
+			if err != nil && first == nil {
+				first = err
+			}
+			mu.Unlock()
+		}()
+	}
+	t0 = time.Now()
+	close(start)
+	wg.Wait()
+	return total, time.Since(t0).Seconds(), first
+}
+
 func main() {
 	planPath := flag.String("plan", "", "plan JSON written by benchmarks.run")
 	outPath := flag.String("out", "", "where to write the results JSON")
@@ -354,16 +482,20 @@ func run(planPath, outPath string) error {
 		return fmt.Errorf("plan: %w", err)
 	}
 	out := output{GoVersion: runtime.Version(), GOMAXPROC: runtime.GOMAXPROCS(0), Results: []result{},
-		Errors: []string{}, PingNS: []int64{}}
+		Concurrency: []concResult{}, Errors: []string{}, PingNS: []int64{}, Detectors: []string{}}
 
 	var client *shmpool.Client
 	if p.ShmpoolSocket != "" {
-		client, err = shmpool.Dial(p.ShmpoolSocket)
+		client, err = shmpool.DialConfig(p.ShmpoolSocket, shmpool.Config{DialTimeout: 60 * time.Second})
 		if err != nil {
 			out.Errors = append(out.Errors, "shmpool.Dial: "+err.Error())
 			client = nil
 		} else {
 			defer client.Close()
+			out.Workers = client.Workers()
+			for _, d := range client.Detectors() {
+				out.Detectors = append(out.Detectors, d.Name)
+			}
 		}
 	}
 	var conn *grpc.ClientConn
@@ -380,7 +512,8 @@ func run(planPath, outPath string) error {
 		}
 	}
 	if client != nil && p.PingCalls > 0 {
-		// the server's own hop: a PING is answered by the server thread, no worker
+		// a PING is answered by the worker the connection was handed to: the
+		// socket round trip alone
 		var perr error
 		for i := 0; i < 200 && perr == nil; i++ {
 			perr = client.Ping()
@@ -397,6 +530,13 @@ func run(planPath, outPath string) error {
 	for _, sp := range p.Sizes {
 		runSize(sp, p, client, conn, &out)
 		debug.FreeOSMemory()
+	}
+	if p.Concurrency != nil {
+		if client == nil {
+			out.Errors = append(out.Errors, "concurrency: no shmpool client")
+		} else {
+			runConcurrency(p.Concurrency, client, &out)
+		}
 	}
 	enc, err := json.Marshal(out)
 	if err != nil {

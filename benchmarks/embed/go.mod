@@ -1,0 +1,3 @@
+module github.com/shmpool/shmpool/benchmarks/embed
+
+go 1.22
