@@ -102,9 +102,9 @@ def main(argv=None) -> int:
     s.add_argument("--detector", action="append", default=None, metavar="NAME",
                    help="'classic', 'tukey' or 'package.module:name'; repeat to serve several "
                         "(the first is the default); default: classic")
-    s.add_argument("--threshold", type=float, default=2.0,
-                   help="default k of every detector with a threshold parameter: the classic "
-                        "detector flags |x - mean| > k * std (default 2.0)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="default k of every detector with a threshold parameter (default: each "
+                        "detector's own; the classic detector flags |x - mean| > k * std, k = 2)")
     s.add_argument("--nan-policy", default="raise", choices=["raise", "omit", "propagate"],
                    help="what NaN and inf mean when a request does not say (default raise)")
     s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

@@ -76,7 +76,7 @@ DRAIN_SECONDS = 2.0        # how long a failed split call waits for its other wo
 class Pool(CallForms):
     """Detector workers on shared memory.
 
-    ``Pool(workers=None, *, detector="classic", threshold=2.0, nan_policy="raise",
+    ``Pool(workers=None, *, detector="classic", threshold=None, nan_policy="raise",
     start_method="forkserver", timeout=None, startup_timeout=60.0,
     memory_limit=None)``.  Every method is safe to call from many threads at
     once.  Use it as a context manager, or call close().
@@ -85,7 +85,8 @@ class Pool(CallForms):
     ``"package.module:name"`` naming a SplitDetector (split over workers like
     the classic one) or a plain function (run whole on one worker), or a list
     of these (the first is the default; ``detect(detector=...)`` picks one).
-    *threshold* sets the default of every detector's ``threshold`` parameter.
+    *threshold*, when given, replaces the default of every detector's
+    ``threshold`` parameter; otherwise each keeps its own (classic: 2.0).
     *nan_policy* ("raise", "omit", "propagate") says what NaN and inf mean;
     see docs/LAYOUT.md 4.2.  *timeout* (seconds, None or inf for none) bounds
     every call.  *memory_limit* (bytes) caps each worker's own allocations
@@ -102,7 +103,7 @@ class Pool(CallForms):
     _policy = 0
 
     def __init__(self, workers: int | None = None, *, detector: str | list[str] = detectors.CLASSIC,
-                 threshold: float = 2.0, nan_policy: str = "raise",
+                 threshold: float | None = None, nan_policy: str = "raise",
                  start_method: str | None = None, timeout: float | None = None,
                  startup_timeout: float = 60.0, memory_limit: int | None = None):
         if workers is None:
@@ -111,7 +112,7 @@ class Pool(CallForms):
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self.specs = check_specs(detector)
         self.detector = self.specs[0]
-        self.threshold = check_threshold(threshold)
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.nan_policy = check_policy(nan_policy)
         self._policy = L.POLICY_CODES[self.nan_policy]
         self.workers = workers
@@ -132,7 +133,7 @@ class Pool(CallForms):
         self._rows: list[L.DetectorRow] = []
         self._lanes = Lanes([])
         self._workers = Workers(workers, {
-            "specs": self.specs, "defaults": {"threshold": self.threshold},
+            "specs": self.specs, "defaults": threshold_defaults(self.threshold),
             "nan_policy": self.nan_policy, "memory_limit": memory_limit, "timeout": None},
             method, startup_timeout)
         self._closed = False
@@ -254,7 +255,8 @@ class Pool(CallForms):
 
     def __repr__(self):
         state = "closed" if self._closed else f"workers={self.workers}"
-        return f"<shmpool.Pool {state} detector={self.detector!r} threshold={self.threshold}>"
+        given = "" if self.threshold is None else f" threshold={self.threshold}"
+        return f"<shmpool.Pool {state} detector={self.detector!r}{given}>"
 
     @property
     def closed(self) -> bool:
@@ -588,6 +590,11 @@ def check_specs(detector) -> list[str]:
     for spec in specs:
         detectors.check_spec(spec)
     return list(specs)
+
+
+def threshold_defaults(threshold: float | None) -> dict[str, float]:
+    """The parameter defaults a pool's ``threshold=`` overrides: none when not given."""
+    return {} if threshold is None else {"threshold": threshold}
 
 
 def check_threshold(k) -> float:

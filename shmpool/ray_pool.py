@@ -27,11 +27,11 @@ from . import detectors
 from . import layout as L
 from ._forms import CallForms
 from .errors import DetectorError, DetectTimeout, PoolClosed, RemoteTraceback, ShmpoolError, WorkerDied
-from .pool import as_real_1d, check_policy, check_specs, check_threshold, request_params
+from .pool import as_real_1d, check_policy, check_specs, check_threshold, request_params, threshold_defaults
 
 
-def _row(spec: str, threshold: float) -> detectors.Row:
-    return detectors.load(spec, {"threshold": threshold})
+def _row(spec: str, threshold: float | None) -> detectors.Row:
+    return detectors.load(spec, threshold_defaults(threshold))
 
 
 def _summarize_task(x, a, b, spec, threshold, values, policy):
@@ -57,7 +57,7 @@ def _detect_task(x, spec, threshold, values, policy):
 class RayPool(CallForms):
     """Detector tasks on Ray, with the local Pool's surface.
 
-    ``RayPool(address=None, *, detector="classic", threshold=2.0,
+    ``RayPool(address=None, *, detector="classic", threshold=None,
     nan_policy="raise", chunks=None, max_retries=3)``.  *chunks* (the lanes
     of the split rule) defaults to the cluster's CPU count.  A task whose Ray
     worker dies is retried up to *max_retries* times, then the call raises
@@ -68,7 +68,7 @@ class RayPool(CallForms):
     _closed = True
 
     def __init__(self, address: str | None = None, *, detector: str = detectors.CLASSIC,
-                 threshold: float = 2.0, nan_policy: str = "raise", chunks: int | None = None,
+                 threshold: float | None = None, nan_policy: str = "raise", chunks: int | None = None,
                  max_retries: int = 3):
         try:
             import ray
@@ -76,7 +76,8 @@ class RayPool(CallForms):
             raise ImportError("RayPool needs Ray: pip install 'shmpool[ray]' "
                               "(from a checkout: pip install '.[ray]')") from None
         [self.detector] = check_specs(detector)
-        self.threshold, self.nan_policy = check_threshold(threshold), check_policy(nan_policy)
+        self.threshold = None if threshold is None else check_threshold(threshold)
+        self.nan_policy = check_policy(nan_policy)
         self._table = _row(self.detector, self.threshold)   # imports it here too: checks it early
         self._ray = ray
         self._owns_ray = False

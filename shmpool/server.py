@@ -31,7 +31,7 @@ from ._backend import control
 from ._backend.launch import WorkerProcess
 from ._backend.workers import Workers
 from .errors import ShmpoolError
-from .pool import check_policy, check_specs, check_threshold, check_timeout
+from .pool import check_policy, check_specs, check_threshold, check_timeout, threshold_defaults
 
 log = logging.getLogger("shmpool.serve")
 
@@ -57,14 +57,15 @@ class Server:
     _path = ""
 
     def __init__(self, socket_path: str | None = None, *, workers: int | None = None,
-                 detector=("classic",), threshold: float = 2.0, nan_policy: str = "raise",
+                 detector=("classic",), threshold: float | None = None, nan_policy: str = "raise",
                  timeout: float | None = None, memory_limit: int | None = None,
                  start_method: str = "forkserver", startup_timeout: float = 60.0):
         n = workers or len(os.sched_getaffinity(0))
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self.specs = check_specs(list(detector) if not isinstance(detector, str) else detector)
-        self.threshold, self.nan_policy = check_threshold(threshold), check_policy(nan_policy)
+        self.threshold = None if threshold is None else check_threshold(threshold)
+        self.nan_policy = check_policy(nan_policy)
         self.timeout = check_timeout(timeout)
         if memory_limit is not None and memory_limit <= 0:
             raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
@@ -76,7 +77,7 @@ class Server:
         self._listener = self._bind(self._path)
         try:
             self._workers = Workers(n, {
-                "specs": self.specs, "defaults": {"threshold": self.threshold},
+                "specs": self.specs, "defaults": threshold_defaults(self.threshold),
                 "nan_policy": self.nan_policy, "memory_limit": memory_limit,
                 "timeout": self.timeout}, start_method, startup_timeout)
             for i in range(n):
@@ -129,8 +130,10 @@ class Server:
 
     def run(self) -> None:
         w = self._workers
-        log.info("listening on %s: %d workers, detectors %s, threshold %g, nan_policy %s%s",
-                 self._path, len(w.slots), ", ".join(self.specs), self.threshold, self.nan_policy,
+        log.info("listening on %s: %d workers, detectors %s, %s, nan_policy %s%s",
+                 self._path, len(w.slots), ", ".join(self.specs),
+                 "each its own threshold" if self.threshold is None else f"threshold {self.threshold:g}",
+                 self.nan_policy,
                  f", timeout {self.timeout:g} s" if self.timeout else "")
         try:
             while not self._stopping:

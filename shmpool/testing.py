@@ -149,3 +149,9 @@ class WrongSummarySize(_Failing):
 def two_params(x, threshold=2.0, floor=0.0):
     """A plain function with two float parameters: |x| > max(threshold, floor)."""
     return np.flatnonzero(np.abs(x) > max(threshold, floor))
+
+
+class ClassicAtThree(Classic):
+    """The classic detector declaring a default threshold of its own (3.0)."""
+
+    params = {"threshold": 3.0}

@@ -155,6 +155,31 @@ def test_per_call_parameters_by_name(both):
         both.detect(x, detector="zscore")
 
 
+def test_a_detectors_own_default_holds_unless_the_pool_sets_one(tmp_path):
+    """A SplitDetector's declared threshold (3.0) is its default; only an
+    explicit threshold= of the pool or server replaces it, for every row."""
+    x = np.random.default_rng(3).standard_normal(SPLIT_MIN + 5)      # split
+    x[[10, 2000, 300_000 % len(x)]] = [2.5, -2.7, 3.5]
+    mine = "shmpool.testing:ClassicAtThree"
+    with Pool(workers=2, detector=["classic", mine]) as p:
+        assert [r.params for r in p.detectors] == [(("threshold", 2.0),), (("threshold", 3.0),)]
+        assert np.array_equal(p.detect(x, detector=mine), D.reference(x, 3.0))
+        assert np.array_equal(p.detect(x), D.reference(x, 2.0))
+        assert "threshold" not in repr(p)
+    with Pool(workers=2, detector=["classic", mine], threshold=2.5) as p:
+        assert [r.params for r in p.detectors] == [(("threshold", 2.5),)] * 2
+        assert np.array_equal(p.detect(x, detector=mine), D.reference(x, 2.5))
+    server = ServerProcess(tmp_path / "s.sock", "--workers", "2", "--detector", "classic",
+                           "--detector", mine).start()
+    try:
+        with Client(server.path) as c:
+            assert [r.params for r in c.rows] == [(("threshold", 2.0),), (("threshold", 3.0),)]
+            assert np.array_equal(c.detect(x, detector=mine), D.reference(x, 3.0))
+    finally:
+        server.stop()
+    assert "each its own threshold" in server.proc.stderr.read()
+
+
 @pytest.mark.parametrize("which,words", [
     ("FailsInSummarize", "ArithmeticError: summarize failed"),
     ("FailsInCombine", "LookupError: combine failed"),
