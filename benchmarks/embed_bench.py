@@ -1,8 +1,9 @@
-"""The anchor of the Go rows: build and run benchmarks/embed (CPython embedded with cgo).
+"""The anchor of the Go rows: build and run benchmarks/go/embed (CPython embedded with cgo).
 
-benchmarks/embed/main.go initialises CPython inside a Go program, wraps a Go
-[]float64 as a read-only numpy array without copying it, and calls numpy's
-one-liner in process, copying the indices into a new Go []int.  It is built
+benchmarks/go/embed/main.go (a second program in the benchmarks/go module)
+initialises CPython inside a Go program, wraps a Go []float64 as a read-only
+numpy array without copying it, and calls numpy's one-liner in process,
+copying the indices into a new Go []int.  It is built
 here against this interpreter: compiler flags from ``python3.X-config
 --embed`` next to the interpreter (else sysconfig), numpy's headers from
 ``numpy.get_include()``.  Where the headers, libpython or a C compiler are
@@ -17,15 +18,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from pathlib import Path
 
-from .go_bench import _tail, run_program
-
-EMBED_DIR = Path(__file__).resolve().parent / "embed"
+from .go_bench import go_build, run_program
 
 METHODS = [
     ("embed_nogil", "Go: cgo-embedded CPython numpy (no GIL handling)",
-     "benchmarks/embed: CPython initialised in the Go process; the []float64 wrapped as a read-only "
+     "benchmarks/go/embed: CPython initialised in the Go process; the []float64 wrapped as a read-only "
      "ndarray without a copy (PyArray_New on the slice's memory), numpy's one-liner called in process, "
      "the indices copied into a new []int; the calling goroutine is locked to the thread that holds "
      "the GIL (single goroutine only); glibc's malloc thresholds set to the ceilings a long-running "
@@ -109,21 +107,10 @@ class EmbedRunner:
         self.flags = flags
         env = dict(os.environ, CGO_ENABLED="1", CGO_CFLAGS=flags["CGO_CFLAGS"],
                    CGO_LDFLAGS=flags["CGO_LDFLAGS"])
-        try:
-            r = subprocess.run([go, "build", "-o", self.binary, "."], cwd=EMBED_DIR, env=env,
-                               capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.reason = f"go build of benchmarks/embed took longer than {timeout:.0f} s"
-            return False
-        except OSError as e:
-            self.reason = f"cannot run go: {e}"
-            return False
-        if r.returncode != 0:
-            self.reason = "go build of benchmarks/embed (cgo) failed: " + _tail(r.stderr or r.stdout)
-            return False
-        self.available = True
-        self.reason = ""
-        return True
+        self.reason = go_build(go, "./embed", self.binary, "go build of benchmarks/go/embed (cgo)", timeout,
+                               env=env)
+        self.available = not self.reason
+        return self.available
 
     def run(self, plan: dict, tag: str, timeout: float) -> tuple[dict | None, list[str]]:
         plan = dict(plan, tune_malloc=True, python_executable=sys.executable,

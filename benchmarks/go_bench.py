@@ -119,19 +119,12 @@ class GoRunner:
             return False
         try:
             v = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60)
-            self.go_version = v.stdout.strip()
-            r = subprocess.run([go, "build", "-o", self.binary, "."], cwd=GO_DIR,
-                               capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.reason = f"go build took longer than {timeout:.0f} s"
-            return False
-        except OSError as e:
+        except (OSError, subprocess.TimeoutExpired) as e:
             self.reason = f"cannot run go: {e}"
             return False
-        if r.returncode != 0:
-            self.reason = "go build failed: " + _tail(r.stderr or r.stdout)
-            return False
-        return True
+        self.go_version = v.stdout.strip()
+        self.reason = go_build(go, ".", self.binary, "go build", timeout)
+        return not self.reason
 
     def ready(self) -> None:
         """After a successful build: usable if the server is."""
@@ -145,6 +138,20 @@ class GoRunner:
         plan = dict(plan, shmpool_socket=self.serve.socket, numpy_detector=NUMPY_ONELINER,
                     grpc_method="/shmpool.bench.Detector/Detect")
         return run_program([self.binary], plan, self.tmpdir, f"go-{tag}", timeout, "the Go program")
+
+
+def go_build(go: str, package: str, binary: str, what: str, timeout: float, env: dict | None = None) -> str:
+    """``go build -o binary package`` in the benchmarks/go module: "" when built, else why not."""
+    try:
+        r = subprocess.run([go, "build", "-o", binary, package], cwd=GO_DIR, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"{what} took longer than {timeout:.0f} s"
+    except OSError as e:
+        return f"cannot run go: {e}"
+    if r.returncode != 0:
+        return f"{what} failed: " + _tail(r.stderr or r.stdout)
+    return ""
 
 
 def run_program(argv: list[str], plan: dict, tmpdir: str, tag: str, timeout: float, what: str,

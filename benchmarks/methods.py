@@ -234,38 +234,39 @@ class Grpc(Method):
             self.server = None
 
 
-class ShmpoolCopy(Method):
-    key = "shmpool_copy"
-    label = "shmpool Pool.detect, ndarray (copy-in)"
+class OnPool(Method):
+    """A method on the shared pool of a PoolHolder, which starts it for the first of its methods."""
 
     def __init__(self, holder):
         super().__init__()
         self.holder = holder
-        self.how = "pool.detect(x) on an ordinary ndarray: the pool copies x into shared memory"
 
     def start(self):
         self.holder.get()
 
-    def call(self, x):
-        return self.holder.pool.detect(x)
 
-
-class ShmpoolZero(Method):
-    key = "shmpool_zero_copy"
-    label = "shmpool Pool.detect, pool.empty() (zero-copy)"
-
-    def __init__(self, holder):
-        super().__init__()
-        self.holder = holder
-        self.how = "buf = pool.empty(n); buf[:] = x (untimed); pool.detect(buf): workers read buf in place"
-
-    def start(self):
-        self.holder.get()
+class OnPoolBuffer(OnPool):
+    """An OnPool method called on pool.empty() data: x copied in untimed, the workers read it in place."""
 
     def prepare(self, x):
         buf = self.holder.pool.empty(len(x))
         buf[:] = x
         return buf
+
+
+class ShmpoolCopy(OnPool):
+    key = "shmpool_copy"
+    label = "shmpool Pool.detect, ndarray (copy-in)"
+    how = "pool.detect(x) on an ordinary ndarray: the pool copies x into shared memory"
+
+    def call(self, x):
+        return self.holder.pool.detect(x)
+
+
+class ShmpoolZero(OnPoolBuffer):
+    key = "shmpool_zero_copy"
+    label = "shmpool Pool.detect, pool.empty() (zero-copy)"
+    how = "buf = pool.empty(n); buf[:] = x (untimed); pool.detect(buf): workers read buf in place"
 
     def call(self, buf):
         return self.holder.pool.detect(buf)
@@ -342,28 +343,16 @@ class Ray(Method):
             self.ray.shutdown()
 
 
-class PluginSplit(Method):
+class PluginSplit(OnPoolBuffer):
     key = "plugin_split"
     label = "plug-in SplitDetector, split over the workers"
     group = "plugin"
     answer = "zscore"
-
-    def __init__(self, holder):
-        super().__init__()
-        self.holder = holder
-        self.how = (f"Pool(detector=[\"{D.ZSCORE_SPLIT}\", \"{D.ZSCORE_WHOLE}\"], threshold=3.0)"
-                    f".detect(buf) on pool.empty() data: a user's SplitDetector (z-score from its own "
-                    f"(n, mean, M2, min, max) summary), split over the workers from 2^18 values like the "
-                    f"classic one; its answer must equal numpy's rule and the whole-array row's before "
-                    f"timing")
-
-    def start(self):
-        self.holder.get()
-
-    def prepare(self, x):
-        buf = self.holder.pool.empty(len(x))
-        buf[:] = x
-        return buf
+    how = (f"Pool(detector=[\"{D.ZSCORE_SPLIT}\", \"{D.ZSCORE_WHOLE}\"], threshold=3.0)"
+           f".detect(buf) on pool.empty() data: a user's SplitDetector (z-score from its own "
+           f"(n, mean, M2, min, max) summary), split over the workers from 2^18 values like the "
+           f"classic one; its answer must equal numpy's rule and the whole-array row's before "
+           f"timing")
 
     def call(self, buf):
         return self.holder.pool.detect(buf, detector=D.ZSCORE_SPLIT)
@@ -378,11 +367,8 @@ class PluginSplit(Method):
 class PluginWhole(PluginSplit):
     key = "plugin_whole"
     label = "plug-in as a plain function, whole on one worker"
-
-    def __init__(self, holder):
-        super().__init__(holder)
-        self.how = (f"the same pool, detector=\"{D.ZSCORE_WHOLE}\": the same detector as a plain function "
-                    f"(its detect() of the whole array), which shmpool runs on one worker; pool.empty() data")
+    how = (f"the same pool, detector=\"{D.ZSCORE_WHOLE}\": the same detector as a plain function "
+           f"(its detect() of the whole array), which shmpool runs on one worker; pool.empty() data")
 
     def call(self, buf):
         return self.holder.pool.detect(buf, detector=D.ZSCORE_WHOLE)

@@ -590,12 +590,11 @@ def _embed_md(doc) -> list[str]:
         L.append(f"Not measured: {_cell(m.get('reason'))}")
         L.append("")
         return L
-    L.append("`benchmarks/embed` (its own Go module, cgo): CPython initialised in the Go process, numpy's "
-             "one-liner called in process on the Go `[]float64` wrapped as a read-only ndarray without "
-             "a copy "
-             "(`PyArray_New` on the slice's memory), the indices copied into a new Go `[]int`; every "
-             "reference "
-             "released per call, and a call fails if anything still holds the wrapped input afterwards.")
+    L.append("`benchmarks/go/embed` (cgo, beside the Go program in its module): CPython initialised in the "
+             "Go process, numpy's one-liner called in process on the Go `[]float64` wrapped as a read-only "
+             "ndarray without a copy (`PyArray_New` on the slice's memory), the indices copied into a new "
+             "Go `[]int`; every reference released per call, and a call fails if anything still holds the "
+             "wrapped input afterwards.")
     if meta.get("embed_malloc_tuned") is not None:
         L.append("")
         L.append("glibc's malloc in the embed process: " + (

@@ -12,7 +12,7 @@ the workers against the same detector as a plain function on one worker (the
 plug-in rows).  Go (benchmarks/go): the shmpool adapter's Detect, DetectBuffer
 and DetectWith a module:function numpy detector against `shmpool serve`, and
 grpc-go calling the Python gRPC service; and the anchor of every Go row,
-CPython embedded in Go with cgo calling numpy in process (benchmarks/embed),
+CPython embedded in Go with cgo calling numpy in process (benchmarks/go/embed),
 with and without taking the GIL per call.  Then calls/s of one Go Client
 shared by 1 and by 4 goroutines, and of the GIL-taking embed; and the CPU
 that an idle `shmpool serve` and an idle Pool use.
@@ -282,6 +282,12 @@ class Recorder:
     def unavailable(self, key, reason):
         self.methods[key]["available"] = False
         self.methods[key]["reason"] = reason
+
+    def available_as(self, methods, runner):
+        """The rows of a Go program's METHODS, available as its runner is, else with the runner's reason."""
+        for key, _, _ in methods:
+            self.methods[key]["available"] = runner.available
+            self.methods[key]["reason"] = "" if runner.available else runner.reason
 
 
 def projected_call_s(rec: Recorder, key: str, n: int) -> tuple[float, int] | None:
@@ -639,6 +645,15 @@ def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed
     return out
 
 
+def stop_methods(meths: list[M.Method]) -> None:
+    """Stop each method; one that fails is reported, and the others are still stopped."""
+    for m in meths:
+        try:
+            m.stop()
+        except Exception as e:  # noqa: BLE001
+            print(f"stopping {m.key}: {e}", file=sys.stderr)
+
+
 def leftover_shm(pids: set[int]) -> list[str]:
     """Files of ours still in /dev/shm.  This process's owner lock file (docs/LAYOUT.md 1.4) is
     not one: it lives as long as the process and goes at its exit."""
@@ -758,19 +773,14 @@ def main(argv=None) -> int:
                 my_pids.update(h.pool.worker_pids())
         phase("start Python methods")
         if st.go:
-            print("building benchmarks/go and benchmarks/embed, starting `shmpool serve` ...",
+            print("building benchmarks/go and benchmarks/go/embed, starting `shmpool serve` ...",
                   file=sys.stderr)
             if not serve.available:
                 serve.start()
             if go.build(st.go_build_timeout):
                 go.ready()
             meta["go_version"] = go.go_version
-            for key, _, _ in go_bench.METHODS:
-                if go.available:
-                    rec.methods[key]["available"] = True
-                    rec.methods[key]["reason"] = ""
-                else:
-                    rec.unavailable(key, go.reason)
+            rec.available_as(go_bench.METHODS, go)
             if go.available and not grpc_m.available:
                 skipped = st.methods is not None and "grpc" not in st.methods
                 rec.unavailable("go_grpc", "the Python gRPC service is not running"
@@ -778,12 +788,7 @@ def main(argv=None) -> int:
             if st.embed:
                 emb.build(st.go_build_timeout)
                 meta["embed_build"] = emb.flags
-                for key, _, _ in embed_bench.METHODS:
-                    if emb.available:
-                        rec.methods[key]["available"] = True
-                        rec.methods[key]["reason"] = ""
-                    else:
-                        rec.unavailable(key, emb.reason)
+                rec.available_as(embed_bench.METHODS, emb)
             phase("build Go programs, start serve")
 
         st.counted = {m.key for m in meths if m.available}
@@ -831,12 +836,7 @@ def main(argv=None) -> int:
 
             # 5. the Go host and the embed, on the same data (regenerated from the seed); they need
             # only the gRPC service and `shmpool serve`, so everything else is stopped first
-            for m in meths:
-                if m is not grpc_m:
-                    try:
-                        m.stop()
-                    except Exception as e:  # noqa: BLE001
-                        print(f"stopping {m.key}: {e}", file=sys.stderr)
+            stop_methods([m for m in meths if m is not grpc_m])
             holder.close()
             plugin_holder.close()
             gc.collect()
@@ -868,11 +868,7 @@ def main(argv=None) -> int:
             bar.close()
 
         # 6. idle CPU: a fresh server and a fresh pool, everything else stopped
-        for m in meths:
-            try:
-                m.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {m.key}: {e}", file=sys.stderr)
+        stop_methods(meths)
         serve.stop()
         phase("stop servers")
         print(f"idle CPU: a `shmpool serve --workers 2` and a Pool(workers=2), {st.idle_seconds:g} s ...",
@@ -885,11 +881,7 @@ def main(argv=None) -> int:
         meta["interrupted"] = True
         status = 130
     finally:
-        for m in meths:
-            try:
-                m.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {m.key}: {e}", file=sys.stderr)
+        stop_methods(meths)
         holder.close()
         plugin_holder.close()
         serve.stop()

@@ -1,4 +1,4 @@
-/* The C half of benchmarks/embed: CPython embedded, numpy's one-liner called
+/* The C half of benchmarks/go/embed: CPython embedded, numpy's one-liner called
  * in process on a Go []float64 wrapped without a copy. See main.go. */
 #ifndef SHMPOOL_BENCH_EMBED_H
 #define SHMPOOL_BENCH_EMBED_H

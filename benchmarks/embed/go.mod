@@ -1,3 +1,0 @@
-module github.com/shmpool/shmpool/benchmarks/embed
-
-go 1.22
