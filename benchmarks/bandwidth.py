@@ -11,7 +11,7 @@ driver measures before and after the timed rounds; the best trial of the
 faster reduction is the bandwidth; the floor for n values is two read
 passes, 2 * 8n bytes, at that bandwidth.
 
-measure_parallel_kernel forks: call it before the driver starts threads.
+ParallelKernel forks: create it before the driver starts threads.
 """
 
 from __future__ import annotations
@@ -137,59 +137,74 @@ def floor_seconds(n: int, gb_s: float) -> float:
     return 2 * 8 * n / (gb_s * 1e9)
 
 
-def _kernel_child(mm, lo, hi, barrier, conn, trials):
+def _kernel_child(mm, lo, hi, conn):
     import math
 
     from shmpool import detectors
 
     x = np.frombuffer(mm, dtype=np.float64)[lo:hi]
     try:
-        for _ in range(trials + 1):                # the first is a warm-up
-            barrier.wait()
-            t0 = time.perf_counter()
+        while conn.recv():                         # pass 1
             s = detectors.chunk_stats(x, "raise")
-            barrier.wait()                         # pass 2 needs every chunk's statistics
-            t1 = time.perf_counter()
+            conn.send(None)
+            conn.recv()                            # pass 2, when every chunk has its statistics
             detectors.flag(x, s.mean, 2.0 * math.sqrt(s.m2 / s.n), lo)
-            t2 = time.perf_counter()
-            conn.send((t0, t1, t2))
+            conn.send(None)
+    except EOFError:
+        pass
     finally:
         del x
         conn.close()
 
 
-def measure_parallel_kernel(n: int, procs: int, trials: int, seed: int = 0) -> dict:
-    """shmpool's two kernel passes on one chunk per process, all processes at once, no IPC.
+class ParallelKernel:
+    """shmpool's two kernel passes on one chunk per process, all processes at
+    once: what a pool's workers compute for one split detect, without the
+    pool.  The processes are forked at once (call before the driver starts
+    threads) and wait; ``trial()`` later runs the passes, started and
+    collected through a pipe per process as the pool's messages are, so that
+    trials can alternate with ``pool.detect`` calls and both meet the machine
+    in the same state (a 2-core VM's speed drifts by tens of percent within
+    a minute)."""
 
-    What a pool's workers compute for one split detect, without the pool: the
-    lower bound of the zero-copy path for this kernel.  Forks: call before threads.
-    """
-    mm = mmap.mmap(-1, 8 * n)
-    try:
-        a = np.frombuffer(mm, dtype=np.float64)
+    def __init__(self, n: int, procs: int, seed: int = 0):
+        self.n, self.procs = n, procs
+        self.mm = mmap.mmap(-1, 8 * n)
+        self.pipes: list = []
+        self.workers: list = []
+        a = np.frombuffer(self.mm, dtype=np.float64)
         a[:] = np.random.default_rng(seed).standard_normal(n)
         del a
         ctx = multiprocessing.get_context("fork")
-        barrier = ctx.Barrier(procs)
         b = [(n * i // procs) // 8 * 8 for i in range(procs)] + [n]
-        pipes, workers = [], []
         for i in range(procs):
-            r, w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_kernel_child, args=(mm, b[i], b[i + 1], barrier, w, trials), daemon=True)
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_kernel_child, args=(self.mm, b[i], b[i + 1], theirs), daemon=True)
             p.start()
-            w.close()
-            pipes.append(r)
-            workers.append(p)
-        try:
-            p1, p2 = [], []
-            for t in range(trials + 1):
-                spans = [r.recv() for r in pipes]
-                if t:
-                    p1.append(max(s[1] for s in spans) - min(s[0] for s in spans))
-                    p2.append(max(s[2] for s in spans) - max(s[1] for s in spans))
-        finally:
-            _reap(workers, pipes)
-    finally:
-        mm.close()
-    return {"n": n, "processes": procs, "trials": trials, "pass1_s": float(np.median(p1)),
-            "pass2_s": float(np.median(p2)), "total_s": float(np.median(p1) + np.median(p2))}
+            theirs.close()
+            self.pipes.append(mine)
+            self.workers.append(p)
+
+    def trial(self) -> tuple[float, float]:
+        """(pass 1, pass 2) seconds, from the first start to the last finish of each."""
+        t0 = time.perf_counter()
+        for c in self.pipes:
+            c.send(True)
+        for c in self.pipes:
+            c.recv()
+        t1 = time.perf_counter()
+        for c in self.pipes:
+            c.send(True)
+        for c in self.pipes:
+            c.recv()
+        return t1 - t0, time.perf_counter() - t1
+
+    def close(self) -> None:
+        for c in self.pipes:
+            try:
+                c.send(False)
+            except OSError:
+                pass
+        _reap(self.workers, self.pipes)
+        self.workers, self.pipes = [], []
+        self.mm.close()

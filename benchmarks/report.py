@@ -346,14 +346,13 @@ def _status(s: dict) -> str:
 
 def _pool_cost(pool_s: float, kernel_s: float) -> str:
     d = pool_s - kernel_s
+    said = f"`pool.detect`, in turns with these trials, took {fmt_t(pool_s)}"
     if abs(d) <= 0.05 * kernel_s:
-        return (f"`pool.detect` measured alone ({fmt_t(pool_s)}) is within 5 % of this: the pool's own "
-                f"cost (requests, wake-ups, combining the statistics) is lost in the noise; the time is "
-                f"the kernel's.")
-    return (f"`pool.detect` measured alone ({fmt_t(pool_s)}) adds {fmt_t(d)} to this: the pool's own cost "
-            f"(requests, wake-ups, combining the statistics)." if d > 0 else
-            f"`pool.detect` measured alone ({fmt_t(pool_s)}) was {fmt_t(-d)} faster than this (noise "
-            f"between the two measurements); the time is the kernel's.")
+        return (f"{said}: within 5 % of this, so the pool's own cost (its messages, the combine, "
+                f"gathering the indices) is lost in the noise; the time is the kernel's.")
+    return (f"{said}: {fmt_t(d)} more, the pool's own cost (its messages, the combine, gathering "
+            f"the indices)." if d > 0 else
+            f"{said}: {fmt_t(-d)} less (noise); the time is the kernel's.")
 
 
 def _cell(text) -> str:
@@ -750,11 +749,13 @@ def _hotspots_md(doc) -> list[str]:
         pk = doc.get("parallel_kernel") or {}
         if pk.get("n") == n:
             L.append(f"- The same two passes on {pk['processes']} processes at once over one shared "
-                     f"array, with a barrier between the passes and no IPC at all (what the workers "
-                     f"compute, without the pool): pass 1 {fmt_t(pk['pass1_s'])}, pass 2 "
-                     f"{fmt_t(pk['pass2_s'])}, together **{fmt_t(pk['total_s'])}**"
+                     f"array, each pass started and collected through a pipe per process and nothing "
+                     f"else (what the workers compute, without the pool): pass 1 "
+                     f"{fmt_t(pk['pass1_s'])}, pass 2 {fmt_t(pk['pass2_s'])}, together "
+                     f"**{fmt_t(pk['total_s'])}**"
                      + (f" = {pk['total_s'] / floor:.2f}x the floor" if floor else "")
-                     + ". " + _pool_cost(b["zero_copy_detect_s"], pk["total_s"]))
+                     + (". " + _pool_cost(pk["pool_detect_s"], pk["total_s"]) if "pool_detect_s" in pk
+                        else "."))
         L.append(f"- The copy-in path adds about {fmt_t(b['copy_in_s'])}: np.copyto of the input into "
                  f"shared memory, on the calling thread.")
         L.append("")

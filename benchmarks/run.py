@@ -567,9 +567,27 @@ def profile_per_call(call, calls: int) -> list[tuple[str, float, float, float]]:
     return sorted(rows, key=lambda r: -r[2])
 
 
-def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed: int, quick: bool) -> dict:
+def alternate(pk: bandwidth.ParallelKernel, detect, trials: int) -> dict:
+    """The kernel on every core without the pool, and pool.detect, in turns (one warm-up each)."""
+    p1, p2, pool_s = [], [], []
+    for t in range(trials + 1):
+        a, b = pk.trial()
+        t0 = time.perf_counter()
+        detect()
+        d = time.perf_counter() - t0
+        if t:
+            p1.append(a)
+            p2.append(b)
+            pool_s.append(d)
+    return {"n": pk.n, "processes": pk.procs, "trials": trials, "pass1_s": float(np.median(p1)),
+            "pass2_s": float(np.median(p2)), "total_s": float(np.median(p1) + np.median(p2)),
+            "pool_detect_s": float(np.median(pool_s))}
+
+
+def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed: int, quick: bool,
+             pk: bandwidth.ParallelKernel | None = None) -> dict:
     """Where shmpool's time goes: host-side profile of a small call, per-worker kernel cost
-    of a large one, and the copy-in cost."""
+    of a large one, the same kernel on all cores without the pool (pk), and the copy-in cost."""
 
     from shmpool import detectors
 
@@ -622,7 +640,8 @@ def hotspots(holder: M.PoolHolder, serve: go_bench.Serve, sizes: list[int], seed
         try:
             t_copy = med(lambda: np.copyto(buf, x), reps)
             t_zc = med(lambda: pool.detect(buf), reps)
-            buf[:] = x
+            if pk is not None and pk.n == big:
+                out["parallel_kernel"] = alternate(pk, lambda: pool.detect(buf), reps + 2)
             rows = [{"function": f, "calls_per_detect": nc, "tottime_ms_per_detect": tt * 1e3}
                     for f, nc, tt, _ in profile_per_call(lambda: pool.detect(buf), reps)]
         finally:
@@ -708,11 +727,11 @@ def main(argv=None) -> int:
     bw_runs = [measure_bw("before the rounds")]
     bw = bandwidth.combine(bw_runs)
     big = diag_size(st.sizes)
-    parallel_kernel = None
+    parallel_kernel: dict | None = None
+    pk = None                     # its trials alternate with pool.detect later (hotspots)
     if big is not None and memory_problem(big) is None:
-        print(f"timing shmpool's kernel on {cores} processes at once, no IPC ...", file=sys.stderr)
         try:
-            parallel_kernel = bandwidth.measure_parallel_kernel(big, cores, 3 if st.quick else 9, st.seed)
+            pk = bandwidth.ParallelKernel(big, cores, st.seed)
         except Exception as e:  # noqa: BLE001
             parallel_kernel = {"error": f"{type(e).__name__}: {e}"}
     phase("bandwidth and parallel kernel")
@@ -829,7 +848,8 @@ def main(argv=None) -> int:
             phase("bandwidth again")
             bar.set_postfix_str("profiling shmpool")
             try:
-                doc["hotspots"] = hotspots(holder, serve, st.sizes, st.seed, st.quick)
+                doc["hotspots"] = hotspots(holder, serve, st.sizes, st.seed, st.quick, pk)
+                doc["parallel_kernel"] = doc["hotspots"].pop("parallel_kernel", parallel_kernel)
             except Exception as e:  # noqa: BLE001
                 doc["hotspots"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             phase("hotspots")
@@ -885,6 +905,8 @@ def main(argv=None) -> int:
         holder.close()
         plugin_holder.close()
         serve.stop()
+        if pk is not None:
+            pk.close()
         procs.stop_all()
         shutil.rmtree(tmpdir, ignore_errors=True)
         phase("clean up")

@@ -139,7 +139,10 @@ def test_quick_run_without_go(tmp_path):
     out, doc, proc = run_quick(tmp_path, "--no-go", "--methods", ",".join(PYTHON_METHODS))
     assert doc["sizes"] == [10**3, 10**4, 10**5, 10**6]
     md = assert_outputs(out, doc, proc, PYTHON_METHODS)
-    assert doc["parallel_kernel"]["n"] == 10**6 and doc["parallel_kernel"]["total_s"] > 0
+    pk = doc["parallel_kernel"]
+    assert pk["n"] == 10**6 and pk["total_s"] > 0 and pk["pool_detect_s"] > 0
+    assert pk["total_s"] == pk["pass1_s"] + pk["pass2_s"]
+    assert "in turns with these trials" in md
     assert doc["hotspots"]["big"]["zero_copy_detect_s"] > 0 and doc["hotspots"]["n1000_profile"]["top"]
     for key in GO_METHODS + EMBED_METHODS:
         assert not doc["methods"][key]["available"]
