@@ -24,9 +24,11 @@
 #define HAVE_X86 1
 #endif
 
-/* sum over i of T(a[i]) in numpy's pairwise order; T uses k (shift), m (mean) */
+/* sum over i of T(a[i]) in numpy's pairwise order; T uses k (shift), m (mean).
+ * pf > 0: each leaf also prefetches the values pf further on (the next
+ * block), which changes no result. */
 #define PAIRWISE(NAME, T)                                                        \
-    static double NAME(const double *a, size_t n, double k, double m)            \
+    static double NAME(const double *a, size_t n, double k, double m, size_t pf) \
     {                                                                            \
         if (n < 8) {                                                             \
             double res = 0.;                                                     \
@@ -37,6 +39,8 @@
         if (n <= 128) {                                                          \
             double r[8];                                                         \
             size_t i;                                                            \
+            for (size_t p = 0; pf && p < n; p += 8)                              \
+                __builtin_prefetch(a + pf + p, 0, 3);                            \
             for (int j = 0; j < 8; j++)                                          \
                 r[j] = T(a[j]);                                                  \
             for (i = 8; i < n - (n % 8); i += 8)                                 \
@@ -49,7 +53,7 @@
         }                                                                        \
         size_t n2 = n / 2;                                                       \
         n2 -= n2 % 8;                                                            \
-        return NAME(a, n2, k, m) + NAME(a + n2, n - n2, k, m);                   \
+        return NAME(a, n2, k, m, pf) + NAME(a + n2, n - n2, k, m, pf);           \
     }
 
 #define SHIFTED(v) ((v) - k)
@@ -58,8 +62,11 @@ PAIRWISE(pw_shifted, SHIFTED)
 PAIRWISE(pw_squared, SQUARED)
 
 /* numpy's np.add.reduce: the identity 0.0 plus the pairwise sum */
-static double sum_shifted(const double *a, size_t n, double k) { return 0.0 + pw_shifted(a, n, k, 0.0); }
-static double sum_squared(const double *a, size_t n, double k, double m) { return 0.0 + pw_squared(a, n, k, m); }
+static double sum_shifted(const double *a, size_t n, double k) { return 0.0 + pw_shifted(a, n, k, 0.0, 0); }
+static double sum_squared(const double *a, size_t n, double k, double m, size_t pf)
+{
+    return 0.0 + pw_squared(a, n, k, m, pf);
+}
 
 void kernel_merge(kstats *a, const kstats *b)
 {
@@ -87,7 +94,7 @@ int kernel_stats(const double *x, size_t n, kstats *out)
         double mean = s / (double)n;
         out->n = (double)n;
         out->mean = mean;
-        out->m2 = sum_squared(x, n, 0.0, mean);
+        out->m2 = sum_squared(x, n, 0.0, mean, 0);
         return 0;
     }
     double shift = sum_shifted(x, KERNEL_BLOCK, 0.0) / (double)KERNEL_BLOCK;
@@ -100,7 +107,11 @@ int kernel_stats(const double *x, size_t n, kstats *out)
         if (!isfinite(s))
             return -1;
         kstats b = {(double)nb, s / (double)nb, 0};
-        b.m2 = sum_squared(x + i, nb, shift, b.mean);
+        /* The block is in L2 now; while its squares are summed from there,
+         * the next block streams in (pass 1 on two processes at once: 5-10 %
+         * faster on the 2-core VM, within its noise at times). */
+        size_t ahead = n - i >= 2 * KERNEL_BLOCK ? KERNEL_BLOCK : 0;
+        b.m2 = sum_squared(x + i, nb, shift, b.mean, ahead);
         kernel_merge(&acc, &b);
     }
     out->n = acc.n;
