@@ -2222,23 +2222,18 @@ static shmpool_request fake_last(fake *f, int op)
     return q;
 }
 
-static int fake_nconn(fake *f)
+/* one of the fake's counters, read under its lock */
+static int fake_int(fake *f, const int *field)
 {
     int n;
     pthread_mutex_lock(&f->mu);
-    n = f->nconn;
+    n = *field;
     pthread_mutex_unlock(&f->mu);
     return n;
 }
 
-static int fake_barrier_failed(fake *f)
-{
-    int n;
-    pthread_mutex_lock(&f->mu);
-    n = f->barrier_failed;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+#define fake_nconn(f) fake_int((f), &(f)->nconn)
+#define fake_barrier_failed(f) fake_int((f), &(f)->barrier_failed)
 
 static shmpool_client *fake_dial(fake *f, int timeout_ms)
 {
@@ -2525,13 +2520,61 @@ static void test_fake_faults(void)
     }
 }
 
+/* A fake server of 2 workers in one mode, a client of it and 300,000 values with
+ * 300 planted outliers: the split-call fault scenarios. */
+typedef struct {
+    fake f;
+    int started;
+    shmpool_client *c;
+    shmpool_segment *data;
+} split_fixture;
+
+static int split_fixture_start(split_fixture *s, int mode)
+{
+    memset(s, 0, sizeof *s);
+    if (fake_start(&s->f, mode, 2) != 0)
+        return 0;
+    s->started = 1;
+    s->c = fake_dial(&s->f, 30000);
+    s->data = splitmix_segment(300000, 2, 1000, -1);
+    return s->c != NULL && s->data != NULL;
+}
+
+static void split_fixture_stop(split_fixture *s)
+{
+    shmpool_segment_destroy(s->data);
+    shmpool_close(s->c);
+    if (s->started)
+        fake_stop(&s->f);
+    memset(s, 0, sizeof *s);
+}
+
+/* the split call fails as a whole: this status, no indices */
+static void split_fails(split_fixture *s, int status)
+{
+    int64_t *idx = NULL;
+    size_t n = 0;
+    int err = shmpool_detect_segment(s->c, s->data, 0, 300000, &idx, &n);
+    CHECK(err == status && idx == NULL && n == 0, "split call: %d (%s), want %d", err,
+          shmpool_last_error_message(s->c), status);
+    shmpool_free(idx);
+}
+
+/* the split call gives the 300 planted indices */
+static void split_succeeds(split_fixture *s)
+{
+    int64_t *idx = NULL;
+    size_t n = 0;
+    int err = shmpool_detect_segment(s->c, s->data, 0, 300000, &idx, &n);
+    CHECK(err == 0 && n == 300, "after: %d %zu (%s)", err, n, shmpool_last_error_message(s->c));
+    shmpool_free(idx);
+}
+
 static void test_fake_refusals(void)
 {
     fake f;
+    split_fixture sf;
     shmpool_client *c = NULL;
-    shmpool_segment *data;
-    int64_t *idx = NULL;
-    size_t n = 0;
     int err, k;
 
     /* refused at connect: dial returns the status, no client */
@@ -2549,22 +2592,13 @@ static void test_fake_refusals(void)
     }
     /* BUSY on an extra lane fails the split call as a whole */
     begin();
-    if (fake_start(&f, FK_BUSY_EXTRA, 2) == 0) {
-        c = fake_dial(&f, 30000);
-        data = splitmix_segment(300000, 2, 1000, -1);
-        if (c && data) {
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == SHMPOOL_STATUS_BUSY && idx == NULL && n == 0, "split call: %d", err);
-            shmpool_set_lanes(c, 1); /* one lane: whole, works */
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == 0 && n == 300 && shmpool_last_chunks(c) == 1, "one lane: %d %zu", err,
-                  n);
-            shmpool_free(idx);
-        }
-        shmpool_segment_destroy(data);
-        shmpool_close(c);
-        fake_stop(&f);
+    if (split_fixture_start(&sf, FK_BUSY_EXTRA)) {
+        split_fails(&sf, SHMPOOL_STATUS_BUSY);
+        shmpool_set_lanes(sf.c, 1); /* one lane: whole, works */
+        split_succeeds(&sf);
+        CHECK(shmpool_last_chunks(sf.c) == 1, "%d chunks", shmpool_last_chunks(sf.c));
     }
+    split_fixture_stop(&sf);
     end("fake: BUSY when dialing an extra lane fails the whole split call; lanes=1 runs whole");
 }
 
@@ -2592,8 +2626,8 @@ static void demo_calls(shmpool_client *c, int calls, int sleep_between)
 static void test_fake_lane_failures(void)
 {
     fake f;
+    split_fixture sf;
     shmpool_client *c;
-    shmpool_segment *data;
     int64_t *idx = NULL;
     size_t n = 0;
     int err, before, nconn = 0;
@@ -2644,54 +2678,33 @@ static void test_fake_lane_failures(void)
 
     /* a worker dies during phase 2 of a split call: the whole call fails */
     begin();
-    if (fake_start(&f, FK_DIE_FLAG1, 2) == 0) {
-        c = fake_dial(&f, 30000);
-        data = splitmix_segment(300000, 2, 1000, -1);
-        if (c && data) {
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == SHMPOOL_STATUS_WORKER_DIED && idx == NULL && n == 0,
-                  "FLAG on lane 1 died: %d", err);
-            CHECK(strstr(shmpool_last_error_message(c), "worker 1") != NULL, "message '%s'",
-                  shmpool_last_error_message(c));
-            fake_set_mode(&f, FK_NORMAL);
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == 0 && n == 300, "after: %d %zu", err, n);
-            shmpool_free(idx);
-            idx = NULL;
-        }
-        shmpool_segment_destroy(data);
-        shmpool_close(c);
-        fake_stop(&f);
+    if (split_fixture_start(&sf, FK_DIE_FLAG1)) {
+        split_fails(&sf, SHMPOOL_STATUS_WORKER_DIED);
+        CHECK(strstr(shmpool_last_error_message(sf.c), "worker 1") != NULL, "message '%s'",
+              shmpool_last_error_message(sf.c));
+        fake_set_mode(&sf.f, FK_NORMAL);
+        split_succeeds(&sf);
     }
+    split_fixture_stop(&sf);
     end("fake: a worker dying in phase 2 fails the whole split call (WORKER_DIED, no part)");
 
     /* an error reply in phase 1: the call fails, the lanes stay in step */
     begin();
-    if (fake_start(&f, FK_ERR_SUM1, 2) == 0) {
-        c = fake_dial(&f, 30000);
-        data = splitmix_segment(300000, 2, 1000, -1);
-        if (c && data) {
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == SHMPOOL_STATUS_DETECTOR_ERROR && idx == NULL && n == 0, "st %d", err);
-            CHECK(strcmp(shmpool_last_error_type(c), "ValueError") == 0 &&
-                      strcmp(shmpool_last_error_message(c), "chunk 1 says no") == 0 &&
-                      strstr(shmpool_last_error_traceback(c), "Traceback") != NULL,
-                  "type '%s' message '%s'", shmpool_last_error_type(c),
-                  shmpool_last_error_message(c));
-            before = fake_nconn(&f);
-            CHECK(shmpool_lane_worker(c, 0) == 0 && shmpool_lane_worker(c, 1) == 1,
-                  "lanes closed after an ordinary error reply");
-            fake_set_mode(&f, FK_NORMAL);
-            err = shmpool_detect_segment(c, data, 0, 300000, &idx, &n);
-            CHECK(err == 0 && n == 300 && fake_nconn(&f) == before, "after: %d %zu, %d connections",
-                  err, n, fake_nconn(&f));
-            shmpool_free(idx);
-            idx = NULL;
-        }
-        shmpool_segment_destroy(data);
-        shmpool_close(c);
-        fake_stop(&f);
+    if (split_fixture_start(&sf, FK_ERR_SUM1)) {
+        split_fails(&sf, SHMPOOL_STATUS_DETECTOR_ERROR);
+        CHECK(strcmp(shmpool_last_error_type(sf.c), "ValueError") == 0 &&
+                  strcmp(shmpool_last_error_message(sf.c), "chunk 1 says no") == 0 &&
+                  strstr(shmpool_last_error_traceback(sf.c), "Traceback") != NULL,
+              "type '%s' message '%s'", shmpool_last_error_type(sf.c),
+              shmpool_last_error_message(sf.c));
+        before = fake_nconn(&sf.f);
+        CHECK(shmpool_lane_worker(sf.c, 0) == 0 && shmpool_lane_worker(sf.c, 1) == 1,
+              "lanes closed after an ordinary error reply");
+        fake_set_mode(&sf.f, FK_NORMAL);
+        split_succeeds(&sf);
+        CHECK(fake_nconn(&sf.f) == before, "%d connections, were %d", fake_nconn(&sf.f), before);
     }
+    split_fixture_stop(&sf);
     end("fake: an error reply in phase 1 fails the call with its type/message/traceback");
 }
 
