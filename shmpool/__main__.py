@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                        "short to judge (at least the warm-up twice over).  The method: "
                        "python -m pydoc shmpool.soak")
     k.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="run this long (default 240 s unless --calls is given)")
+                   help="run this long (default 480 s unless --calls is given)")
     k.add_argument("--calls", type=int, default=None, metavar="N",
                    help="stop after N detect calls (with --duration: whichever comes first)")
     k.add_argument("--threads", type=int, default=4, help="calling threads (default 4)")
@@ -155,8 +155,8 @@ def main(argv=None) -> int:
                    help="leading fraction of the calls that is not judged (default 0.2)")
     k.add_argument("--min-warmup-calls", type=int, default=20_000, metavar="N",
                    help="the warm-up: at least N calls, at most half (default 20000; a host's "
-                        "anonymous RSS settles over its first ~100k calls, so judge runs of a "
-                        "few minutes)")
+                        "anonymous RSS settles over its first ~300k calls, 2-3 minutes here, "
+                        "so judge runs of 8 minutes or more)")
     k.add_argument("--min-judged-calls", type=int, default=None, metavar="N",
                    help="calls after the warm-up a verdict needs (default: the warm-up's)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -355,7 +355,7 @@ def test_cli_defaults_are_the_documented_ones(monkeypatch):
     seen = []
     monkeypatch.setattr(soak, "run", lambda cfg: seen.append(cfg) or 0)
     assert cli_main(["soak"]) == 0
-    assert seen == [soak.Config(duration=240.0)]
+    assert seen == [soak.Config(duration=480.0)]
     cfg = seen[0]
     b = cfg.bounds
     assert (b.rss_bytes, b.fds, b.threads, b.segments, b.segment_bytes) == (MIB, 0, 0, 0, 0)

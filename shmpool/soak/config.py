@@ -66,7 +66,7 @@ class Config:
                         mappings=a.max_mapping_growth)
         duration = a.duration
         if duration is None and a.calls is None:
-            duration = 240.0
+            duration = 480.0
         return cls(duration=duration, calls=a.calls, threads=a.threads, workers=a.workers,
                    server_workers=a.server_workers, out=a.out, go_host=a.go_host,
                    kill_every=a.kill_every, error_every=a.error_every, seed=a.seed,
