@@ -50,7 +50,8 @@ class BrokenPool(ShmpoolError):
 
 
 class WorkerDied(ShmpoolError):
-    """The worker running the call died; the pool has replaced it."""
+    """The worker running the call died (or its replacement died while it
+    started); the pool starts a new one, at the latest for the next call."""
     status = Status.WORKER_DIED
 
 

@@ -277,28 +277,33 @@ class Pool(CallForms):
 
     # -- lanes --------------------------------------------------------------------
 
-    def _start_lane(self, i: int) -> Lane:
-        """Start worker i and a lane to it: INFO tells its pid and the table."""
+    def _start_lane(self, i: int, replacing: bool = False) -> Lane:
+        """Start worker i and a lane to it: INFO tells its pid and the table.
+        *replacing*: see Workers.start."""
         with self._lock:
-            slot = self._workers.start(i)
+            pid = self._workers.start(i, replacing).pid
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                self._workers.give(i, theirs.fileno(), i, os.getpid())
-            finally:
-                theirs.close()
         lane = Lane(ours, i)
         try:
+            try:
+                with self._lock:
+                    self._workers.give(i, theirs.fileno(), i, os.getpid())
+            finally:
+                theirs.close()
             got = lane.exchange(lane.packet(L.Op.INFO, 0, 0, 0, 0, 0),
                                 time.monotonic() + self.startup_timeout)
             info = lane.reply(got)
-            lane.pid = int(info.values[L.INFO_PID]) if info.values else (slot.pid or 0)
+            lane.pid = int(info.values[L.INFO_PID]) if info.values else (pid or 0)
             if not self._rows:
                 self._rows = L.parse_table(info.message)
             lane.data = self._new_segment(LANE_INPUT, L.KIND_DATA)
             lane.result = self._new_segment(LANE_RESULT, L.KIND_RESULT)
         except BaseException as e:
             lane.sock.close()
-            self._workers.stop(i)
+            how = self._workers.stop(i)
+            if replacing and isinstance(e, (LaneBroken, OSError)) and how.startswith("killed"):
+                raise WorkerDied(f"worker {i} (pid {pid}) was {how} while it started; "
+                                 "the next call starts another") from None
             if isinstance(e, (LaneBroken, LaneTimeout)):
                 raise BrokenPool(f"worker {i} did not answer: {e}") from None
             raise
@@ -318,7 +323,7 @@ class Pool(CallForms):
         return lanes
 
     def _restart(self, lane: Lane) -> None:
-        fresh = self._start_lane(lane.index)
+        fresh = self._start_lane(lane.index, replacing=True)
         lane.sock, lane.fd, lane.pid = fresh.sock, fresh.fd, fresh.pid
         lane.pending, lane.template = 0, None
         for old in (lane.data, lane.result):

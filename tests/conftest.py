@@ -5,6 +5,7 @@ import faulthandler
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -20,6 +21,23 @@ ONE_BLOCK = 1 << 16
 
 def shm_files():
     return set(n for n in os.listdir("/dev/shm") if n.startswith("shmpool-"))
+
+
+def ended(pid: int) -> bool:
+    """The process is gone or a zombie: its sockets and mappings are closed."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(cond, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
 
 
 def our_segments():

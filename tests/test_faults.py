@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import START_METHODS, our_segments, planted
+from conftest import START_METHODS, ended, our_segments, planted, wait_until
 from shmpool import DetectorError, DetectTimeout, Pool, PoolClosed, WorkerDied
 from shmpool._backend import launch
 
@@ -122,7 +122,7 @@ def test_a_dead_zygote_neither_hides_nor_spares_a_stuck_worker():
         os.kill(launch.zygote_pid(), signal.SIGKILL)
         with pytest.raises(DetectTimeout, match="stopped"):
             p.detect(np.arange(13.0), timeout=0.5)
-        assert not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE
+        assert ended(stuck)
         assert p.detect(planted(1)).tolist() == [7, 113, 835]     # a new zygote, a new worker
         fut = p.submit(np.arange(13.0))
         time.sleep(0.3)
@@ -256,3 +256,44 @@ def test_a_worker_dying_mid_split_spares_its_healthy_sibling():
             assert p._lanes.all[0].pid == keeper and psutil.pid_exists(keeper)
         assert died >= 1                               # the kills did land mid-call
         assert p.detect(planted(1), detector="classic").tolist() == [7, 113, 835]
+
+
+@pytest.mark.parametrize("moment", ["while it loads", "before its first reply"])
+def test_a_replacement_killed_while_it_starts_fails_only_that_call(monkeypatch, moment):
+    """The soak found a replacement worker SIGKILLed while it started turning
+    the call into BrokenPool: the call lost a worker, the pool did not."""
+    from shmpool._backend.workers import Workers
+
+    armed = []
+
+    def kill_first(slot):
+        if armed:
+            armed.clear()
+            os.kill(slot.proc.pid, signal.SIGKILL)
+
+    ready, give = Workers._ready, Workers.give
+
+    def ready_then(self, slot, replacing):
+        if moment == "while it loads":
+            kill_first(slot)
+        return ready(self, slot, replacing)
+
+    def give_then(self, i, *args):
+        if moment == "before its first reply":
+            kill_first(self.slots[i])
+        return give(self, i, *args)
+
+    monkeypatch.setattr(Workers, "_ready", ready_then)
+    monkeypatch.setattr(Workers, "give", give_then)
+    with Pool(workers=1) as p:
+        first = p.worker_pids()
+        os.kill(first[0], signal.SIGKILL)          # dies idle: the next call replaces it
+        # its end of the lane closed (a zombie's other threads may still hold it)
+        assert wait_until(lambda: not p._lanes.all[0].alive(), 2)
+        armed.append(True)
+        with pytest.raises(WorkerDied, match=r"worker 0 \(pid \d+\) was killed by SIGKILL "
+                                             r"while it started; the next call starts another"):
+            p.detect(planted(0))
+        assert not armed                            # the kill did land on the replacement
+        assert p.detect(planted(1)).tolist() == [7, 113, 835]
+        assert len(p.worker_pids()) == 1 and p.worker_pids() != first

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import our_segments, planted, worker_children
+from conftest import ended, our_segments, planted, wait_until, worker_children
 from shmpool import Pool, PoolClosed, ReturnSegment
 from shmpool import layout as L
 from shmpool._backend.segment import Segment, owner, reap_orphans
@@ -33,15 +33,6 @@ def mapped_by(pid: int, name: str) -> bool:
         return f"/dev/shm/{name}" in f.read()
 
 
-def wait_until(cond, seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_close_removes_workers_and_segments():
     p = Pool(workers=2)
     pids = p.worker_pids()
@@ -50,8 +41,7 @@ def test_close_removes_workers_and_segments():
     p.close()
     p.close()                                               # twice is fine
     assert our_segments() == []
-    assert wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
-                                      != psutil.STATUS_ZOMBIE for pid in pids), 2)
+    assert wait_until(lambda: all(ended(pid) for pid in pids), 2)
     for call in (lambda: p.detect([1.0]), lambda: p.submit([1.0]), lambda: p.empty(3)):
         with pytest.raises(PoolClosed):
             call()

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import our_segments, planted, worker_children
+from conftest import ended, our_segments, planted, wait_until, worker_children
 from serverutil import ServerProcess
 from shmpool import (
     DetectorError,
@@ -310,9 +310,7 @@ def test_server_stops_cleanly(tmp_path, sig):
     assert s.stop(sig) == 0
     assert not os.path.exists(s.path) and s.leftover_segments() == []
     assert "listening on" in s.proc.stderr.read()
-    time.sleep(0.2)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                   for p in workers)
+    assert wait_until(lambda: all(ended(p) for p in workers), 2)
 
 
 def test_restart_client_sees_error_then_reconnects(tmp_path):

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .. import layout as L
-from ..errors import BrokenPool, from_status
+from ..errors import BrokenPool, WorkerDied, from_status
 from . import control
 from .launch import Launcher, WorkerProcess, describe
 
@@ -51,9 +51,12 @@ class Workers:
         self.launcher = Launcher(start_method)
         self.slots = [Slot(i) for i in range(n)]
 
-    def start(self, i: int) -> Slot:
+    def start(self, i: int, replacing: bool = False) -> Slot:
         """Start worker i and wait until it serves; raises BrokenPool, or the
-        error that kept it from loading its detectors."""
+        error that kept it from loading its detectors.  *replacing*: a worker
+        that died during a call is being replaced, so one killed by a signal
+        while it starts (an OOM kill, a stray SIGKILL) is WorkerDied: the call
+        failed, the pool did not, and the next call starts another."""
         slot = self.slots[i]
         if slot.proc is not None:           # an interrupted restart left one behind
             self.stop(i)
@@ -71,14 +74,14 @@ class Workers:
         slot.peers.clear()
         slot.tags.clear()
         try:
-            ready = self._ready(slot)
+            ready = self._ready(slot, replacing)
         except BaseException:
             self.stop(i)
             raise
         slot.max_conns = int(ready["max_conns"])
         return slot
 
-    def _ready(self, slot: Slot) -> dict:
+    def _ready(self, slot: Slot, replacing: bool) -> dict:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             left = deadline - time.monotonic()
@@ -100,6 +103,10 @@ class Workers:
                 raise BrokenPool(f"worker {slot.index} did not start within "
                                  f"{self.startup_timeout:g} s")
             status = self.launcher.exit_status(slot.proc, 1.0)
+            if replacing and status is not None and status < 0:
+                raise WorkerDied(f"worker {slot.index} (pid {slot.proc.pid}) was "
+                                 f"{describe(status)} while it started; the next call "
+                                 "starts another")
             raise BrokenPool(f"worker {slot.index} failed to start ({describe(status)}); "
                              "its error, if it printed one, is on this process's stderr")
 
