@@ -931,6 +931,23 @@ typedef struct {
 static call_vec g_calls[MAX_CALLS];
 static int g_ncalls;
 
+/* "a,b,c" of 16-hex-digit float64s (or "-": none) into out[0..max): how many. */
+static int hex_list(const char *s, double *out, int max, int *ok)
+{
+    int n = 0;
+    if (strcmp(s, "-") == 0)
+        return 0;
+    while (*ok && *s && n < max) {
+        char h[17];
+        snprintf(h, sizeof h, "%.16s", s);
+        out[n++] = f64_of_hex(h, ok);
+        s += strlen(h);
+        if (*s == ',')
+            s++;
+    }
+    return n;
+}
+
 static int parse_call(const vline *l, call_vec *cv)
 {
     int ok = 1;
@@ -948,24 +965,8 @@ static int parse_call(const vline *l, call_vec *cv)
     cv->status = (int)ufield(l, "status", &ok);
     cv->count = (size_t)ufield(l, "count", &ok);
     cv->fnv = ufield(l, "fnv", &ok);
-    for (s = sfield(l, "summaries", &ok); ok && *s && cv->nsums < 64 * 5;) {
-        char h[17];
-        snprintf(h, sizeof h, "%.16s", s);
-        cv->sums[cv->nsums++] = f64_of_hex(h, &ok);
-        s += strlen(h);
-        if (*s == ',')
-            s++;
-    }
-    s = sfield(l, "flag", &ok);
-    if (strcmp(s, "-") != 0)
-        for (; ok && *s && cv->nflag < 8;) {
-            char h[17];
-            snprintf(h, sizeof h, "%.16s", s);
-            cv->flag[cv->nflag++] = f64_of_hex(h, &ok);
-            s += strlen(h);
-            if (*s == ',')
-                s++;
-        }
+    cv->nsums = hex_list(sfield(l, "summaries", &ok), cv->sums, 64 * 5, &ok);
+    cv->nflag = hex_list(sfield(l, "flag", &ok), cv->flag, 8, &ok);
     s = sfield(l, "head", &ok);
     if (strcmp(s, "-") != 0)
         for (; ok && *s && cv->nhead < 5;) {
