@@ -33,6 +33,15 @@ def no_compiler_env(bin_dir: Path, **extra) -> dict:
     return env
 
 
+def clean_copy(where: Path) -> Path:
+    """The checkout as a fresh clone has it: no venv, no build products (a
+    stale build/ would put an old extension into the wheel)."""
+    shutil.copytree(ROOT, where, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "dist", "wheelhouse", "*.so", "__pycache__", "bin",
+        "node_modules", ".hypothesis", "results"))
+    return where
+
+
 def smoke(bin_dir: Path, tmp: Path, expect_native: str):
     env = no_compiler_env(bin_dir, SHMPOOL_EXPECT_NATIVE=expect_native)
     where = run([str(bin_dir / "python"), "-c", "import shmpool, shutil; "
@@ -48,7 +57,8 @@ def test_the_wheel_installs_and_works_without_a_compiler(tmp_path):
     """make wheel's steps: build, auditwheel repair (abi3, manylinux tag);
     then a fresh venv with no compiler on PATH installs and runs it."""
     dist, house = tmp_path / "dist", tmp_path / "wheelhouse"
-    run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)])
+    run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist),
+         str(clean_copy(tmp_path / "src"))])
     [built] = list(dist.glob("*.whl"))
     assert "cp311-abi3" in built.name, built.name
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -64,10 +74,7 @@ def test_the_wheel_installs_and_works_without_a_compiler(tmp_path):
 
 def test_a_checkout_installs_without_a_compiler_and_falls_back(tmp_path):
     bin_dir = fresh_venv(tmp_path / "venv")
-    src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "dist", "wheelhouse", "*.so", "__pycache__", "bin",
-        "node_modules", ".hypothesis", "results"))
+    src = clean_copy(tmp_path / "src")
     r = run([str(bin_dir / "pip"), "install", "-v", str(src), "pytest"],
             env=no_compiler_env(bin_dir))
     assert "pure-Python fallback" in r.stdout + r.stderr
