@@ -86,8 +86,8 @@ def test_random_kills_during_split_calls_never_give_a_wrong_answer():
         expected = p.detect(buf)
         outcomes = {"died": 0, "ok": 0}
         for trial in range(12):
-            pids = p.worker_pids()
-            killer = threading.Timer(random.uniform(0, 0.03), kill_quietly, [pids[:1 + trial % 2]])
+            victims = p.worker_pids()[:1 + trial % 2]
+            killer = threading.Timer(random.uniform(0, 0.03), kill_quietly, [victims])
             killer.start()
             try:
                 got = p.detect(buf if trial % 3 else np.array(buf))
@@ -97,7 +97,7 @@ def test_random_kills_during_split_calls_never_give_a_wrong_answer():
                 assert np.array_equal(got, expected)
                 outcomes["ok"] += 1
             killer.join()
-            psutil.wait_procs([psutil.Process(q) for q in pids if psutil.pid_exists(q)], timeout=0.5)
+            assert wait_until(lambda v=victims: all(ended(q) for q in v), 2)
         assert np.array_equal(p.detect(buf), expected)
         del buf
     assert sum(outcomes.values()) == 12
@@ -133,8 +133,7 @@ def test_a_dead_zygote_neither_hides_nor_spares_a_stuck_worker():
         assert time.monotonic() - t0 < 5
         with pytest.raises(PoolClosed, match="closed while the call ran"):
             fut.result(timeout=5)
-    assert psutil.wait_procs([psutil.Process(again)], timeout=2)[1] == [] \
-        if psutil.pid_exists(again) else True
+    assert wait_until(lambda: ended(again), 2)            # stopped by its pid, launcher dead
 
 
 def interrupt_at(k: int, root: str):
