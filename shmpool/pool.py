@@ -46,7 +46,7 @@ from . import layout as L
 from ._backend import segment as seg_mod
 from ._backend.launch import START_METHODS
 from ._backend.segment import Segment, reap_orphans
-from ._backend.workers import Workers
+from ._backend.workers import Workers, killed_starting
 from ._forms import CallForms
 from ._host import (
     LANE_INPUT,
@@ -302,8 +302,7 @@ class Pool(CallForms):
             lane.sock.close()
             how = self._workers.stop(i)
             if replacing and isinstance(e, (LaneBroken, OSError)) and how.startswith("killed"):
-                raise WorkerDied(f"worker {i} (pid {pid}) was {how} while it started; "
-                                 "the next call starts another") from None
+                raise killed_starting(i, pid, how) from None
             if isinstance(e, (LaneBroken, LaneTimeout)):
                 raise BrokenPool(f"worker {i} did not answer: {e}") from None
             raise

@@ -25,6 +25,12 @@ from . import control
 from .launch import Launcher, WorkerProcess, describe
 
 
+def killed_starting(i: int, pid: int | None, how: str) -> WorkerDied:
+    """A replacement for worker i ended by a signal (*how*) before it served."""
+    return WorkerDied(f"worker {i} (pid {pid}) was {how} while it started; "
+                      "the next call starts another")
+
+
 class Slot:
     """Worker position i: its process, control socket and connection count."""
 
@@ -104,9 +110,7 @@ class Workers:
                                  f"{self.startup_timeout:g} s")
             status = self.launcher.exit_status(slot.proc, 1.0)
             if replacing and status is not None and status < 0:
-                raise WorkerDied(f"worker {slot.index} (pid {slot.proc.pid}) was "
-                                 f"{describe(status)} while it started; the next call "
-                                 "starts another")
+                raise killed_starting(slot.index, slot.proc.pid, describe(status))
             raise BrokenPool(f"worker {slot.index} failed to start ({describe(status)}); "
                              "its error, if it printed one, is on this process's stderr")
 
