@@ -430,3 +430,30 @@ def test_without_an_interpreter_to_run_the_error_says_what_to_do():
     first, second = r.stdout.splitlines()
     assert "sys.executable" in first and "start_method='fork'" in first
     assert second == "[30]"
+
+
+MALLOC_PROBE = """
+import ctypes, numpy as np
+from shmpool._backend.worker import keep_temporaries
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+keep_temporaries()
+before = libc.mallinfo2().hblkhd
+x = np.ones(1 << 17)
+print(libc.mallinfo2().hblkhd - before >= x.nbytes)
+"""
+
+
+@pytest.mark.parametrize("env,mapped", [({}, "False"), ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "True")],
+                         ids=["workers keep 1 MiB blocks in the heap", "the environment's choice wins"])
+def test_workers_malloc_tuning_yields_to_the_environment(env, mapped):
+    """Workers raise glibc's mmap threshold so numpy temporaries are reused;
+    a threshold set in the environment (the soak pins one) stays as set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    r = run_script(MALLOC_PROBE, env=dict(clean, **env))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [mapped]

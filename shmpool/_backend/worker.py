@@ -469,17 +469,22 @@ def _send(s: socket.socket, packet: bytes) -> bool:
 
 MMAP_THRESHOLD = 32 << 20   # glibc: blocks below this come from the heap, and ...
 TRIM_THRESHOLD = 128 << 20  # ... this much freed heap is kept for the next call
+MALLOPTS = (("MALLOC_MMAP_THRESHOLD_", -3, MMAP_THRESHOLD),    # M_MMAP_THRESHOLD
+            ("MALLOC_TRIM_THRESHOLD_", -1, TRIM_THRESHOLD))    # M_TRIM_THRESHOLD
 
 
 def keep_temporaries() -> None:
     """Keep freed large blocks for reuse.  A numpy detector makes temporaries
     the size of its input on every call; fresh mappings for them page-fault
-    in each time (at 10^6 values that doubled the one-liner's time here)."""
+    in each time (at 10^6 values that doubled the one-liner's time here).
+    A threshold the environment sets (glibc's MALLOC_*_THRESHOLD_: the
+    user's, or the soak's) is left as it is."""
     try:
         import ctypes
         libc = ctypes.CDLL(None)
-        libc.mallopt(-3, MMAP_THRESHOLD)     # M_MMAP_THRESHOLD
-        libc.mallopt(-1, TRIM_THRESHOLD)     # M_TRIM_THRESHOLD
+        for env, param, value in MALLOPTS:
+            if env not in os.environ:
+                libc.mallopt(param, value)
     except (OSError, AttributeError):        # not glibc: its own defaults
         pass
 
