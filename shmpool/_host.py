@@ -382,15 +382,9 @@ class Lanes:
 
     def give_back(self, lanes: list[Lane]) -> None:
         """Release the lanes of a call that ended well (nothing pending)."""
-        with self.mutex:
-            for lane in lanes:
-                lane.holder = None
-            waiters, self.waiters = self.waiters, []
-        for w in waiters:
-            try:
-                w.release()
-            except RuntimeError:
-                pass
+        for lane in lanes:
+            lane.holder = None                       # one store each: no lock needed
+        self.wake()
 
     def release(self, token: Token) -> None:
         for lane in self.all:

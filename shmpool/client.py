@@ -88,7 +88,6 @@ class Client:
         self._dial_lock = threading.Lock()
         self._staging = Staging(set())
         self._lanes = Lanes([])
-        self._raw = threading.Lock()
         lane, info = self._dial()
         self._lanes.all.append(lane)
         self.workers = int(info.values[L.INFO_WORKERS])

@@ -118,7 +118,7 @@ NAME_RE = re.compile(r"shmpool-[A-Za-z0-9_-]{1,55}")
 # <pid>-<8 hex> (the pid only informs people; it proves nothing).  The owner
 # holds a shared flock on /dev/shm/shmpool-<owner>-owner while it lives.
 OWNER_RE = re.compile(r"[0-9]{1,10}-[0-9a-f]{8}")
-OWNED_NAME_RE = re.compile(r"shmpool-([0-9]{1,10}-[0-9a-f]{8})-([0-9a-f]{16}|owner)")
+OWNED_NAME_RE = re.compile(rf"shmpool-({OWNER_RE.pattern})-([0-9a-f]{{16}}|owner)")
 OWNER_LOCK_SUFFIX = "owner"
 
 

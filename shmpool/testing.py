@@ -45,11 +45,6 @@ def exit_now(x):
     os._exit(3)
 
 
-def sleep_long(x):
-    time.sleep(60)
-    return np.empty(0, dtype=np.int64)
-
-
 def returns_2d(x):
     return np.zeros((2, 2), dtype=np.int64)
 

@@ -115,11 +115,5 @@ class Cache:
             if owner == conn:
                 del self._maps[key]
 
-    def names(self) -> list[tuple[str, int]]:
-        return list(self._maps)
-
-    def clear(self) -> None:
-        self._maps.clear()
-
     def __len__(self) -> int:
         return len(self._maps)

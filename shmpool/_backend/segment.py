@@ -172,8 +172,6 @@ class Segment:
     kind = 0
     capacity = 0
     size = 0
-    writable = False
-    ident: tuple | None = None   # (inode, size, mode, uid) when attached
     _mmap: mmap.mmap | None = None
     _region: np.ndarray | None = None
     _created = False
@@ -186,7 +184,7 @@ class Segment:
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self = cls()
-        self.name, self.kind, self.capacity, self.writable = name or new_name(), kind, capacity, True
+        self.name, self.kind, self.capacity = name or new_name(), kind, capacity
         self.size = L.segment_size(capacity)
         _Owner.live.add(self.name)
         self._created, self._creator = True, os.getpid()
@@ -231,8 +229,7 @@ class Segment:
             mm = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=prot)
         finally:
             os.close(fd)
-        self.name, self.size, self.writable, self._mmap = name, st.st_size, writable, mm
-        self.ident = (st.st_ino, st.st_size, st.st_mode, st.st_uid)
+        self.name, self.size, self._mmap = name, st.st_size, mm
         why = L.check_header(L.unpack_header(mm), kind, st.st_size)
         if why is not None:
             self.close()

@@ -157,32 +157,6 @@ static PyObject *cache_conn_closed_py(CacheObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *cache_names(CacheObject *self, PyObject *unused)
-{
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    pthread_mutex_lock(&self->c.mu);
-    for (int i = 0; i < self->c.n; i++) {
-        PyObject *t = Py_BuildValue("(si)", self->c.slot[i]->name, self->c.slot[i]->kind);
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(out);
-            pthread_mutex_unlock(&self->c.mu);
-            return NULL;
-        }
-        Py_DECREF(t);
-    }
-    pthread_mutex_unlock(&self->c.mu);
-    return out;
-}
-
-static PyObject *cache_clear_py(CacheObject *self, PyObject *unused)
-{
-    cache_clear(&self->c);
-    Py_RETURN_NONE;
-}
-
 static Py_ssize_t cache_len_py(CacheObject *self) { return cache_len(&self->c); }
 
 static PyMethodDef cache_methods[] = {
@@ -190,8 +164,6 @@ static PyMethodDef cache_methods[] = {
      "region(name, kind, conn=-3) -> Region: the checked segment's region (CacheError if refused)"},
     {"sweep", (PyCFunction)cache_sweep_py, METH_NOARGS, "unmap segments that were unlinked or replaced"},
     {"conn_closed", (PyCFunction)cache_conn_closed_py, METH_O, "unmap segments only this connection used"},
-    {"names", (PyCFunction)cache_names, METH_NOARGS, "[(name, kind)] of the mapped segments"},
-    {"clear", (PyCFunction)cache_clear_py, METH_NOARGS, "unmap everything not viewed"},
     {NULL},
 };
 
@@ -454,19 +426,6 @@ static PyObject *loop_start_watchdog(LoopObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *loop_fds(LoopObject *self, PyObject *unused)
-{
-    PyObject *out = PyList_New(self->l.nconns);
-    for (int i = 0; out && i < self->l.nconns; i++) {
-        PyObject *t = Py_BuildValue("(il)", self->l.conns[i].fd, self->l.conns[i].tag);
-        if (t == NULL || PyList_SetItem(out, i, t) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
 static PyMethodDef loop_methods[] = {
     {"add", (PyCFunction)loop_add, METH_VARARGS, "add(fd, tag): serve a connection"},
     {"remove", (PyCFunction)loop_remove, METH_O, "remove(fd) -> tag: stop serving it (not closed)"},
@@ -479,7 +438,6 @@ static PyMethodDef loop_methods[] = {
     {"reply", (PyCFunction)loop_reply, METH_VARARGS, "reply(fd, packet): answer the running request"},
     {"start_watchdog", (PyCFunction)loop_start_watchdog, METH_NOARGS,
      "exit when the control socket closes; enforce the timeout"},
-    {"fds", (PyCFunction)loop_fds, METH_NOARGS, "[(fd, tag)] of the connections served"},
     {NULL},
 };
 

@@ -306,7 +306,8 @@ static int whole_call(serve_loop *l, int fd, long tag, uint32_t row, uint32_t po
 static int handle(serve_loop *l, int fd, long tag, size_t n)
 {
     const unsigned char *q = l->req;
-    if (n != P_REQUEST_HEAD_SIZE || rd32(q) != P_REQUEST_MAGIC || rd16(q + 4) != P_VERSION ||
+    if (n != P_REQUEST_HEAD_SIZE || rd32(q + P_OFF_Q_MAGIC) != P_REQUEST_MAGIC ||
+        rd16(q + P_OFF_Q_VERSION) != P_VERSION ||
         rd32(q + P_OFF_Q_FLAGS) != 0 || rd32(q + P_OFF_Q_RESERVED) != 0 ||
         rd32(q + P_OFF_Q_NVALUES) != 0 || rd32(q + P_OFF_Q_NPARAMS) > P_MAX_PARAMS)
         return 0;

@@ -154,7 +154,6 @@ class Report:
     final_calls: float
     notes: list[str] = dataclasses.field(default_factory=list)
     needed_calls: int = 0            # the shortest run that is judged
-    judged_samples: int = 0          # the host's samples after the warm-up
     too_short: str = ""              # why the run is too short to judge ("" if it is not)
 
     @property
@@ -224,7 +223,7 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
     needed = calls_needed(warmup, min_warmup_calls, min_judged_calls)
     rows = [_normalize(r) for r in rows]
     if not rows:
-        return Report([], 0, 0, ["no samples"], needed, 0, "no samples")
+        return Report([], 0, 0, ["no samples"], needed, "no samples")
     final = max(r["calls"] for r in rows)
     warm = warmup_end(final, warmup, min_warmup_calls)
     by_role = defaultdict(list)
@@ -278,7 +277,7 @@ def analyze(rows: list[dict], bounds: Bounds | None = None, warmup: float = DEFA
             checks.append(Check(role, "restarts", "cap", epochs - 1 - by_pool, 0, None, len(rs),
                                 epochs, why="worker 0 is never killed by the soak: a restart "
                                             "its pool did not make is a crash"))
-    return Report(checks, warm, final, notes, needed, host_samples, too_short)
+    return Report(checks, warm, final, notes, needed, too_short)
 
 
 # -- the verdict -----------------------------------------------------------------------
