@@ -2,12 +2,14 @@
 services outside the server's process (and for its tests).
 
     Client ──connect, check the server's uid, INFO──> server ──hands it to──> worker
-           ──lanes: one connection per worker, dialed as calls need them──────┘
+           ──lanes: connections dialed as calls need them (the first ones────┘
+             each to a different worker; at most 4 per worker)
 
 A Client is safe to use from many threads: each call takes a lane (a
-connection and its segments); a large array is split over up to one lane per
-worker, like the Pool splits it.  A lane that times out is closed, never
-reused (a late reply would be read as the next one's).
+connection and its segments), dialing another while all are busy; a large
+array is split over up to one lane per worker, like the Pool splits it.  A
+lane that times out is closed, never reused (a late reply would be read as
+the next one's).
 """
 
 from __future__ import annotations
@@ -242,12 +244,14 @@ class Client:
             data = self._staging.take(token, n)  # type: ignore[union-attr]
             data.region()[:n] = x
             data.set_count(n)
+        copy = x if own else None
         for _ in range(3):
             count, needed = run_whole(lane, data.name, 0, n, lane.result, row, policy,
-                                      params, deadline, x if own else None)
+                                      params, deadline, copy)
             if count == needed:
                 return lane.result.region()[:count].copy()
             self._grow(lane, needed)
+            copy = None                          # x is in the lane's input already
         raise ServerUnavailable("the answer kept outgrowing its result segment")
 
     def _split(self, token: Token, lanes: list[Lane], x: np.ndarray, row: int, policy: int,

@@ -6,7 +6,8 @@ Data flow of one ``Pool.detect(x)``::
     --------------------                              ----------------
     x ──copy──> lane i's input segment ── mapped read-only ──> view of x
     (or x already lives in one: pool.empty(n), zero-copy)
-                DETECT (docs/LAYOUT.md) ──lane i (socket pair)──>  kernel(view), in C
+                DETECT (docs/LAYOUT.md) ──lane i (socket pair)──>  detector(view): the
+                                                                   classic in C, others Python
                                                                      │ int64 indices
                 lane i's result segment <──── mapped read-write ─────┘
                 <──lane i── reply (count, or error + traceback)
@@ -399,8 +400,8 @@ class Pool(CallForms):
     def _whole(self, token: Token, lane: Lane, x: np.ndarray, out: ReturnSegment | None,
                row: int, policy: int, params, deadline) -> np.ndarray:
         retried = False
+        data_name, start, own = self._place(token, x, lane)
         while True:
-            data_name, start, own = self._place(token, x, lane)
             target = out._seg if out is not None else lane.result
             try:
                 count, needed = run_whole(lane, data_name, start, len(x), target, row, policy,
@@ -410,7 +411,10 @@ class Pool(CallForms):
                 if err is e and not retried:     # its worker had died while idle: once more
                     retried = True
                     self._retire(lane)
-                    self._restart(lane)
+                    old_input = lane.data.name
+                    self._restart(lane)          # a new lane input (staging stays ours)
+                    if data_name == old_input:
+                        data_name, start, own = self._place(token, x, lane)
                     continue
                 raise err from None
             if count == needed:
@@ -418,6 +422,7 @@ class Pool(CallForms):
             if out is not None:
                 raise ResultTooSmall(too_small_message(needed, out.capacity), needed, out.capacity)
             self._grow(lane, needed)
+            own = None                           # x is in the lane's input already
         if out is not None:
             return out.indices
         return lane.result.region()[:count].copy()

@@ -4,7 +4,8 @@
     -------------------------        --------------------              --------
     connect(path) ─────────────────> accept; check the peer's uid;
                                      pick worker i (fewest connections,
-                                     none already of this host process)
+                                     preferring one not yet serving
+                                     this host process)
                                      ──CONN + fd (SCM_RIGHTS)────────> serves it
     requests (docs/LAYOUT.md) <─────────────────────────────────────> replies
                                      <──CLOSED──────────────────────── when it ends

@@ -257,6 +257,17 @@ def test_custom_detector_by_name():
         assert p.detect([0.1, 0.9, 0.2, 0.7], threshold=0.8).tolist() == [1]
 
 
+@pytest.mark.parametrize("n", [1000, LANE_INPUT * 3])
+def test_an_answer_that_outgrows_the_result_segment_copies_x_once(n):
+    """A whole call whose answer does not fit asks again with a larger result
+    segment, reading the same input: a large x is staged once, not per try."""
+    with Pool(workers=1, detector="shmpool.testing:above") as p:
+        x = np.arange(1.0, n + 1)                   # every value is above 0
+        assert np.array_equal(p.detect(x, threshold=0.0), np.arange(n))
+        assert len(p._staging.segments()) == (1 if n > LANE_INPUT else 0)
+        assert np.array_equal(p.detect(x[::2], threshold=0.0), np.arange(len(x[::2])))
+
+
 def test_custom_detector_sees_read_only_data():
     with Pool(workers=1, detector="shmpool.testing:write_into_input") as p:
         with pytest.raises(DetectorError, match="read-only") as e:

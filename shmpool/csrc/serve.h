@@ -47,7 +47,8 @@ typedef struct serve_loop {
     size_t reqcap;
     unsigned char *rep;   /* reply buffer: P_MAX_REPLY bytes */
     int64_t next_sweep_ns;
-    /* the request in progress, for the watchdog (serve_claim) */
+    /* the request in progress: the reply and the watchdog's TIMEOUT claim it
+       with atomic_exchange(&cur_fd, -1), so only one of them answers */
     _Atomic int cur_fd;
     _Atomic uint64_t cur_rid;
     _Atomic int64_t cur_start_ns;
