@@ -21,6 +21,8 @@ Requires the extra: ``pip install 'shmpool[ray]'`` (from a checkout:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import detectors
@@ -30,8 +32,14 @@ from .errors import DetectorError, DetectTimeout, PoolClosed, RemoteTraceback, S
 from .pool import as_real_1d, check_policy, check_specs, check_threshold, request_params, threshold_defaults
 
 
+@functools.lru_cache(maxsize=16)
 def _row(spec: str, threshold: float | None) -> detectors.Row:
+    """The loaded detector: once per Ray worker process, not once per task."""
     return detectors.load(spec, threshold_defaults(threshold))
+
+
+def _contiguous(x) -> np.ndarray:
+    return np.ascontiguousarray(as_real_1d(x), dtype=np.float64)
 
 
 def _summarize_task(x, a, b, spec, threshold, values, policy):
@@ -98,7 +106,7 @@ class RayPool(CallForms):
 
     def put(self, x):
         """Store x once in Ray's object store; detect() reads it zero-copy."""
-        return self._ray.put(np.ascontiguousarray(as_real_1d(x), dtype=np.float64))
+        return self._ray.put(_contiguous(x))
 
     def detect(self, x, *, timeout: float | None = None, threshold: float | None = None,
                nan_policy: str | None = None, params=None) -> np.ndarray:
@@ -111,12 +119,13 @@ class RayPool(CallForms):
         if isinstance(x, self._ray.ObjectRef):
             ref, n = x, len(self._ray.get(x))      # a zero-copy view on this node
         else:
-            ref, n = self.put(x), len(as_real_1d(x))
+            x = _contiguous(x)
+            ref, n = self._ray.put(x), len(x)
         if n == 0:
             return np.empty(0, dtype=np.int64)
         row = self._table
         try:
-            row.params(values, policy)
+            p = row.params(values, policy)
         except ValueError as e:
             raise ValueError(str(e)) from None
         k = L.split_count(n, self.chunks) if row.split else 1
@@ -127,8 +136,8 @@ class RayPool(CallForms):
         summaries = self._get([self._summarize.remote(ref, a, b, *args) for a, b in chunks],
                               timeout)
         try:
-            cut = detectors.check_cut(row.impl.combine(np.asarray(summaries, dtype=np.float64),
-                                                       row.params(values, policy)), row.spec)
+            cut = detectors.check_cut(row.impl.combine(np.asarray(summaries, dtype=np.float64), p),
+                                      row.spec)
         except ShmpoolError:
             raise
         except Exception as e:  # noqa: BLE001 - the detector's own combine raised
