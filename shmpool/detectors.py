@@ -459,11 +459,15 @@ class FunctionDetector:
     def check(self, p: Params) -> None:
         pass
 
-    def detect(self, x, p: Params) -> np.ndarray:
+    def keywords(self, p: Params) -> dict[str, Any]:
+        """The function's keyword arguments for parameters *p*."""
         kw: dict[str, Any] = p.as_dict()
         if self.takes_policy:
             kw["nan_policy"] = p.nan_policy
-        return check_indices(self.fn(x, **kw), len(x))
+        return kw
+
+    def detect(self, x, p: Params) -> np.ndarray:
+        return check_indices(self.fn(x, **self.keywords(p)), len(x))
 
 
 def _is_real(v) -> bool:

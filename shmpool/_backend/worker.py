@@ -110,9 +110,7 @@ class Handler:
                 p = r.params(params, L.POLICY_NAMES.get(policy, self.nan_policy))
             except ValueError as e:
                 raise BadValue(safe_str(e)) from None
-            kw = dict(p.as_dict())
-            if r.impl.takes_policy:
-                kw["nan_policy"] = p.nan_policy
+            kw = r.impl.keywords(p)
             if len(self._kwargs) >= 64:
                 self._kwargs.clear()
             self._kwargs[key] = kw
