@@ -61,6 +61,12 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+def result_capacity(needed: int) -> int:
+    """The capacity of a lane's new result segment for *needed* indices: the
+    next power of two, so a growing answer re-creates it rarely."""
+    return 1 << max(needed - 1, 1).bit_length()
+
+
 def _not_sent(e: OSError) -> bool:
     """Did the send itself fail (so nothing reached the worker)?"""
     return e.filename == "send" or e.errno in (errno.EPIPE, errno.ECONNREFUSED)

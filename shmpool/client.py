@@ -35,6 +35,7 @@ from ._host import (
     Token,
     deadline_of,
     gather,
+    result_capacity,
     run_split,
     run_whole,
 )
@@ -266,7 +267,7 @@ class Client:
 
     def _grow(self, lane: Lane, needed: int) -> None:
         old = lane.result
-        lane.result = Segment.create(1 << max(needed - 1, 1).bit_length(), L.KIND_RESULT)
+        lane.result = Segment.create(result_capacity(needed), L.KIND_RESULT)
         lane.template = None
         if old is not None:
             old.close()

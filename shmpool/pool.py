@@ -63,6 +63,7 @@ from ._host import (
     died,
     gather,
     owned_segment,
+    result_capacity,
     run_split,
     run_whole,
     too_small_message,
@@ -452,7 +453,7 @@ class Pool(CallForms):
 
     def _grow(self, lane: Lane, needed: int) -> None:
         old = lane.result
-        lane.result = self._new_segment(1 << max(needed - 1, 1).bit_length(), L.KIND_RESULT)
+        lane.result = self._new_segment(result_capacity(needed), L.KIND_RESULT)
         lane.template = None
         if old is not None:
             self._destroy(old)
