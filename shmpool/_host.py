@@ -115,16 +115,21 @@ class Lane:
         return L.pack_request(L.Request(op, self.rid, start, count, base, detector, policy,
                                         tuple(params), data_name, out_name, tuple(values)))
 
-    def detect_packet(self, count: int, detector: int, policy: int, params) -> bytearray:
-        """DETECT over this lane's own input into its own result segment (the hot path)."""
-        t = self.template
-        key = (self.data.name, self.result.name)
-        if t is None or self.template_key != key:
-            t = self.template = bytearray(L.pack_request(L.Request(
-                L.Op.DETECT, 0, data_name=self.data.name, out_name=self.result.name)))
+    def detect_template(self, data_name: str, out_name: str) -> bytearray:
+        """A DETECT request naming these segments, packed once while the lane
+        keeps using them (the hot path fills in the numbers)."""
+        key = (data_name, out_name)
+        if self.template is None or self.template_key != key:
+            self.template = bytearray(L.pack_request(L.Request(
+                L.Op.DETECT, 0, data_name=data_name, out_name=out_name)))
             self.template_key = key
+        return self.template
+
+    def detect_packet(self, data_name: str, out_name: str, start: int, count: int,
+                      detector: int, policy: int, params) -> bytearray:
+        t = self.detect_template(data_name, out_name)
         self.rid += 1
-        _IDS.pack_into(t, 8, self.rid, 0, count, 0, detector, policy)
+        _IDS.pack_into(t, 8, self.rid, start, count, 0, detector, policy)
         _PARAMS.pack_into(t, 52, len(params), *params, *_NAN8[len(params):])
         return t
 
@@ -429,20 +434,14 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
     """DETECT on one lane into *out*; (count, needed).  Raises the worker's
     error.  With *x* (contiguous float64, n values), x is first copied into
     the lane's own input segment, which *data_name* then names."""
-    own = out is lane.result and data_name == lane.data.name and start == 0
-    copy = x is not None                      # into the lane's own input, which data_name names
     if native is not None:
-        key = (data_name, out.name)
-        if lane.template is None or lane.template_key != key:
-            lane.template = bytearray(L.pack_request(L.Request(
-                L.Op.DETECT, 0, data_name=data_name, out_name=out.name)))
-            lane.template_key = key
+        template = lane.detect_template(data_name, out.name)
         lane.rid += 1
         lane.pending += 1
         try:
-            got = native.whole(lane.fd, lane.template, lane.buf, timeout_ms(deadline), lane.rid,
-                               start, n, row, policy, params, lane.data._mmap if copy else None,
-                               x)
+            got = native.whole(lane.fd, template, lane.buf, timeout_ms(deadline), lane.rid,
+                               start, n, row, policy, params,
+                               lane.data._mmap if x is not None else None, x)
         except OSError as e:
             raise lane.failed(e) from None
         if got is None:
@@ -455,11 +454,7 @@ def run_whole(lane: Lane, data_name: str, start: int, n: int, out: Segment, row:
         if x is not None:
             np.copyto(lane.data.region()[:n], x)
             lane.data.set_count(n)
-        packet: bytes | bytearray
-        if own:
-            packet = lane.detect_packet(n, row, policy, params)
-        else:
-            packet = lane.packet(L.Op.DETECT, start, n, 0, row, policy, params, data_name, out.name)
+        packet = lane.detect_packet(data_name, out.name, start, n, row, policy, params)
         length = lane.exchange(packet, deadline)
         status, _rid, count, needed, _nv = lane.head(length)
     if status == L.Status.OK:
